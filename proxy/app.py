@@ -1,0 +1,231 @@
+"""The proxy's aiohttp application: its resources in one cleanup context, the operations
+endpoints under /-/, and the thin handler that forwards everything else."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from proxy import forwarding
+from proxy.body import CapturedBody, too_large_description
+from proxy.errors import (
+    ProxyError,
+    RequestTooLarge,
+    error_response,
+    upstream_failure,
+)
+from proxy.guard import guard
+from proxy.replay import send_with_replay
+from proxy.settings import Settings
+from proxy.token_endpoint import TokenEndpoint
+from proxy.tokens import TokenFetcher, TokenSource
+
+log = structlog.get_logger("proxy.access")
+
+SETTINGS = web.AppKey("settings", Settings)
+TOKENS = web.AppKey("tokens", TokenSource)
+UPSTREAM = web.AppKey("upstream", forwarding.Upstream)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    if settings.ca_bundle is not None:
+        context.load_verify_locations(cafile=str(settings.ca_bundle))
+    return context
+
+
+def token_endpoint(session: aiohttp.ClientSession, settings: Settings) -> TokenEndpoint:
+    return TokenEndpoint(
+        session=session,
+        url=settings.token_url,
+        client_id=settings.client_id,
+        client_secret=settings.client_secret,
+        environment=settings.environment,
+        scope=settings.scope,
+        client_auth=settings.client_auth,
+        default_lifetime=settings.default_token_lifetime,
+        timeout=settings.token_timeout,
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    token_fetcher: Callable[[aiohttp.ClientSession], TokenFetcher] | None = None,
+    token_source_options: dict[str, float] | None = None,
+) -> web.Application:
+    app = web.Application(client_max_size=settings.max_body_size, middlewares=[guard])
+    app[SETTINGS] = settings
+    app[UPSTREAM] = forwarding.Upstream.from_base_url(settings.api_base_url)
+    app[SHUTTING_DOWN] = asyncio.Event()
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        context = ssl_context(settings)
+        upstream_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ssl=context, keepalive_timeout=30),
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=settings.connect_timeout,
+                sock_read=settings.upstream_timeout,
+            ),
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+            trust_env=True,
+        )
+        token_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=4, ssl=context),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout),
+            trust_env=True,
+        )
+        fetcher: TokenFetcher = (
+            token_fetcher(token_session)
+            if token_fetcher is not None
+            else token_endpoint(token_session, settings)
+        )
+        tokens = TokenSource(
+            fetcher,
+            refresh_margin=settings.refresh_margin,
+            requests_per_minute=settings.token_requests_per_minute,
+            wait_timeout=settings.token_timeout,
+            **(token_source_options or {}),  # type: ignore[arg-type]
+        )
+        app[SESSION] = upstream_session
+        app[TOKENS] = tokens
+        refresher = asyncio.get_running_loop().create_task(tokens.run())
+        try:
+            yield
+        finally:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
+            await upstream_session.close()
+            await token_session.close()
+
+    async def on_shutdown(app: web.Application) -> None:
+        app[SHUTTING_DOWN].set()
+
+    app.cleanup_ctx.append(resources)
+    app.on_shutdown.append(on_shutdown)
+    app.router.add_get("/-/healthy", healthy)
+    app.router.add_get("/-/ready", ready)
+    app.router.add_route("*", "/-/{rest:.*}", not_found)
+    app.router.add_route("*", "/{tail:.*}", forward, expect_handler=expect_body)
+    return app
+
+
+async def healthy(request: web.Request) -> web.Response:
+    return web.json_response({"status": "healthy"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    if request.app[SHUTTING_DOWN].is_set():
+        return web.json_response({"status": "not ready", "reason": "shutting down"}, status=503)
+    if request.app[TOKENS].valid_token() is None:
+        return web.json_response({"status": "not ready", "reason": "no valid token"}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def not_found(request: web.Request) -> web.Response:
+    return web.json_response(
+        {"error": "not_found", "error_description": "paths under /-/ belong to the proxy"},
+        status=404,
+    )
+
+
+async def expect_body(request: web.Request) -> None:
+    """Answer 100 Continue only to a body the proxy will take."""
+    settings = request.app[SETTINGS]
+    length = request.content_length
+    if length is not None and length > settings.max_body_size:
+        raise RequestTooLarge(too_large_description(settings.max_body_size))
+    if request.version >= aiohttp.HttpVersion11 and request.transport is not None:
+        request.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+
+async def forward(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    started = time.perf_counter()
+    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    status, upstream_status, replayed, sent = 0, None, False, 0
+    body: CapturedBody | None = None
+    upstream_response: aiohttp.ClientResponse | None = None
+    try:
+        upstream = app[UPSTREAM]
+        url = upstream.url(upstream.target(request.raw_path))
+        settings = app[SETTINGS]
+        if request.body_exists:
+            if (request.content_length or 0) > settings.max_body_size:
+                raise RequestTooLarge(too_large_description(settings.max_body_size))
+            body = await CapturedBody.capture(
+                request.content,
+                max_size=settings.max_body_size,
+                threshold=settings.spool_threshold,
+            )
+        headers = forwarding.request_headers(
+            request.headers, request_id, body.size if body is not None else _empty_length(request)
+        )
+        session = app[SESSION]
+        try:
+            outcome = await send_with_replay(
+                lambda token: forwarding.send(session, request.method, url, headers, body, token),
+                app[TOKENS],
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise upstream_failure(exc, upstream.origin) from None
+        upstream_response = outcome.response
+        upstream_status, replayed = upstream_response.status, outcome.replayed
+        out_headers = forwarding.response_headers(upstream_response.headers)
+        for location in out_headers.getall("Location", ())[:1]:
+            out_headers["Location"] = upstream.rewrite_location(
+                location, f"{request.scheme}://{request.host}"
+            )
+        out_headers["X-Request-Id"] = request_id
+        status = upstream_response.status
+        try:
+            response, sent = await forwarding.relay(request, upstream_response, out_headers)
+        except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+            # The answer broke off upstream or at the client: cut the client's connection too.
+            status = 0
+            if request.transport is not None:
+                request.transport.abort()
+            upstream_response.close()
+            raise
+        return response
+    except ProxyError as error:
+        status = error.status
+        return error_response(error, request_id)
+    finally:
+        if upstream_response is not None:
+            upstream_response.release()
+        if body is not None:
+            body.close()
+        log.info(
+            "request",
+            request_id=request_id,
+            method=request.method,
+            path=request.raw_path,
+            status=status,
+            upstream_status=upstream_status,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            bytes_in=body.size if body is not None else 0,
+            bytes_out=sent,
+            replayed=replayed,
+            client=request.remote,
+        )
+
+
+def _empty_length(request: web.Request) -> int | None:
+    """A client that sent `Content-Length: 0` gets the same upstream."""
+    return 0 if request.headers.get("Content-Length") == "0" else None

@@ -1,0 +1,124 @@
+"""The `agentsync-proxy` command: serve, check, demo and simulator."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from proxy import __version__, demo, logs
+from proxy.app import create_app, ssl_context, token_endpoint
+from proxy.errors import TokenError
+from proxy.settings import OPTIONS, ConfigError, Settings, load_settings
+from proxy.tokens import TokenSource
+
+COMMANDS = ("serve", "check", "demo", "simulator")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def settings_parser(command: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"agentsync-proxy {command}",
+        description="Authenticating reverse proxy for AgentSync's APIs.",
+        epilog="Every flag has an environment variable; see the README.",
+    )
+    parser.add_argument("--version", action="version", version=f"agentsync-proxy {__version__}")
+    for option in OPTIONS:
+        if not option.flag:
+            continue
+        if option.parse.__name__ == "_bool":
+            parser.add_argument(
+                option.flag_name,
+                dest=option.name,
+                action="store_const",
+                const="true",
+                help=f"{option.help} (env {option.env})",
+            )
+        else:
+            parser.add_argument(
+                option.flag_name,
+                dest=option.name,
+                metavar=option.metavar,
+                help=f"{option.help} (env {option.env})",
+            )
+    return parser
+
+
+def load(command: str, argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
+    args = settings_parser(command).parse_args(argv)
+    return load_settings(vars(args), environ)
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    environ = os.environ if environ is None else environ
+    command = argv.pop(0) if argv and argv[0] in COMMANDS else "serve"
+    try:
+        if command in ("serve", "check"):
+            settings = load(command, argv, environ)
+            logs.configure(settings.log_format, settings.log_level)
+            for warning in settings.warnings:
+                structlog.get_logger("proxy").warning("config_warning", problem=warning)
+            return serve(settings) if command == "serve" else check(settings)
+        return demo.main(command, argv, environ)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(f"agentsync-proxy: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def serve(settings: Settings) -> int:
+    log = structlog.get_logger("proxy")
+    app = create_app(settings)
+    log.info(
+        "listening",
+        listen=str(settings.listen),
+        environment=settings.environment,
+        api_base_url=settings.api_base_url,
+        version=__version__,
+    )
+    web.run_app(
+        app,
+        host=settings.listen.host,
+        port=settings.listen.port,
+        access_log=None,
+        print=None,
+        shutdown_timeout=settings.shutdown_timeout,
+        reuse_port=settings.workers > 1 or None,
+    )
+    return EXIT_OK
+
+
+def check(settings: Settings) -> int:
+    """Configuration is valid (else exit 2 already); now fetch one token and describe it."""
+    return asyncio.run(_check(settings))
+
+
+async def _check(settings: Settings) -> int:
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=ssl_context(settings)),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trust_env=True,
+    ) as session:
+        endpoint = token_endpoint(session, settings)
+        source = TokenSource(endpoint, requests_per_minute=settings.token_requests_per_minute)
+        try:
+            token = await source.token()
+        except TokenError as error:
+            print(f"agentsync-proxy: {error.code}: {error.description}", file=sys.stderr)
+            return EXIT_FAILED
+    expiry = datetime.fromtimestamp(token.expires_at_wall, UTC).isoformat(timespec="seconds")
+    print(f"configuration: ok ({settings.environment}, API {settings.api_base_url})")
+    print(
+        f"token: ok, scope {token.scope or '(none)'}, expires {expiry} (in {token.lifetime:.0f} s)"
+    )
+    return EXIT_OK

@@ -1,0 +1,153 @@
+"""`agentsync-proxy simulator` and `agentsync-proxy demo`: AgentSync without an account."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+
+import structlog
+from aiohttp import web
+
+from proxy import __version__, logs
+from proxy.servers import RunningProxy, RunningSimulator, running_proxy, running_simulator
+from proxy.servers import settings_for as proxy_settings_for
+from proxy.settings import ConfigError, Listen, parse_listen
+from proxy.simulator import SimulatorConfig
+from proxy.simulator import create_app as create_simulator_app
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(text)
+    return value
+
+
+def parser(command: str) -> argparse.ArgumentParser:
+    defaults = SimulatorConfig()
+    parser = argparse.ArgumentParser(
+        prog=f"agentsync-proxy {command}",
+        description=(
+            "The AgentSync simulator and a proxy wired to it, in one process."
+            if command == "demo"
+            else "The AgentSync simulator: token endpoint, API and /_simulator/ controls."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"agentsync-proxy {__version__}")
+    if command == "demo":
+        parser.add_argument(
+            "--listen",
+            default="127.0.0.1:8080",
+            metavar="HOST:PORT",
+            help="the proxy's address (default 127.0.0.1:8080)",
+        )
+        parser.add_argument(
+            "--simulator-listen",
+            default="127.0.0.1:8090",
+            metavar="HOST:PORT",
+            help="the simulator's address (default 127.0.0.1:8090)",
+        )
+    else:
+        parser.add_argument(
+            "--listen",
+            default="127.0.0.1:8090",
+            metavar="HOST:PORT",
+            help="address to listen on (default 127.0.0.1:8090)",
+        )
+    parser.add_argument("--client-id", default=defaults.client_id)
+    parser.add_argument(
+        "--client-secret",
+        default=defaults.client_secret,
+        help="the simulated client's secret (a test value, not a real one)",
+    )
+    parser.add_argument(
+        "--scopes",
+        default=" ".join(defaults.scopes),
+        help="space-separated scopes granted to the client",
+    )
+    parser.add_argument(
+        "--token-lifetime", type=_positive, default=defaults.token_lifetime, metavar="SECONDS"
+    )
+    parser.add_argument("--log-format", choices=("json", "console"), default=None)
+    return parser
+
+
+def _address(flag: str, text: str) -> Listen:
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise ConfigError([f"{flag}: {exc}"]) from None
+
+
+def main(command: str, argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    args = parser(command).parse_args(argv)
+    config = SimulatorConfig(
+        client_id=args.client_id,
+        client_secret=args.client_secret,
+        scopes=tuple(args.scopes.split()),
+        token_lifetime=args.token_lifetime,
+    )
+    logs.configure(args.log_format, "info")
+    if command == "simulator":
+        listen = _address("--listen", args.listen)
+        structlog.get_logger("proxy.simulator").info("simulator_listening", listen=str(listen))
+        web.run_app(
+            create_simulator_app(config),
+            host=listen.host,
+            port=listen.port,
+            access_log=None,
+            print=None,
+        )
+        return 0
+    proxy_listen = _address("--listen", args.listen)
+    simulator_listen = _address("--simulator-listen", args.simulator_listen)
+    asyncio.run(_demo(config, proxy_listen, simulator_listen))
+    return 0
+
+
+async def _demo(config: SimulatorConfig, proxy_listen: Listen, simulator_listen: Listen) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with running_simulator(config, simulator_listen.host, simulator_listen.port) as sim:
+        settings = proxy_settings_for(sim, listen=proxy_listen, log_format="console")
+        async with running_proxy(settings) as proxy:
+            print(instructions(sim, proxy), flush=True)
+            await stop.wait()
+    print("demo stopped", file=sys.stderr)
+
+
+def instructions(sim: RunningSimulator, proxy: RunningProxy) -> str:
+    p, s = proxy.url, sim.url
+    product = (
+        '{"carrierId": 1, "name": "Demo Term Life 20", "productType": "LIFE", "states": ["TX"]}'
+    )
+    return f"""
+agentsync-proxy demo: the AgentSync simulator is on {s}, the proxy on {p}.
+No credentials needed: the proxy fetches a token and adds it. Paste these lines in another terminal:
+
+  # list carriers (page 0, 3 a page)
+  curl -s '{p}/contracting/v1/customers/carriers?page=0&size=3'
+
+  # create a product (needs the rino_api_agency_write scope, which the demo client has)
+  curl -s -X POST '{p}/contracting/v1/customers/products' \\
+       -H 'Content-Type: application/json' -d '{product}'
+
+  # delete a product: refused with 403 access_denied, "Policy evaluation failed",
+  # because the demo client was not granted rino_api_agency_delete
+  curl -s -X DELETE '{p}/contracting/v1/customers/products/101'
+
+  # revoke every token at AgentSync; the next call gets a 401 upstream, and the proxy
+  # renews its token and replays the call: you see only the answer
+  curl -s -X POST '{s}/_simulator/revoke'
+  curl -s '{p}/v2/entities/17345829'
+
+  # what the simulator saw: token requests, tokens issued, API calls by status
+  curl -s '{s}/_simulator/stats'
+
+Ctrl-C stops both.
+"""

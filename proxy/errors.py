@@ -1,0 +1,135 @@
+"""The failures the proxy answers itself, and the one place that turns them into HTTP answers.
+
+    ProxyError                       status  error
+    ├── TokenError
+    │   ├── TokenRejected            502     token_request_rejected
+    │   └── TokenUnavailable         503     token_unavailable (+ Retry-After)
+    ├── UpstreamUnreachable          502     upstream_unreachable
+    ├── UpstreamTimeout              504     upstream_timeout
+    ├── RequestTooLarge              413     request_too_large
+    ├── BadRequest                   400     bad_request
+    ├── AuthHostRefused              403     auth_host_refused
+    ├── TargetNotAllowed             403     target_not_allowed
+    ├── HostNotAllowed               403     host_not_allowed
+    ├── OriginNotAllowed             403     origin_not_allowed
+    ├── ClientNotAllowed             403     client_not_allowed
+    └── MethodNotAllowed             405     method_not_allowed
+
+Descriptions say what to do; they never carry a secret or a token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+
+import aiohttp
+from aiohttp import web
+
+
+class ProxyError(Exception):
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description)
+        self.description = description
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class TokenError(ProxyError):
+    """The proxy holds no usable token."""
+
+
+class TokenRejected(TokenError):
+    status = 502
+    code = "token_request_rejected"
+
+
+class TokenUnavailable(TokenError):
+    status = 503
+    code = "token_unavailable"
+
+    def __init__(self, description: str, retry_after: float = 1.0) -> None:
+        super().__init__(description)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+
+
+class UpstreamUnreachable(ProxyError):
+    status = 502
+    code = "upstream_unreachable"
+
+
+class UpstreamTimeout(ProxyError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class RequestTooLarge(ProxyError):
+    status = 413
+    code = "request_too_large"
+
+
+class BadRequest(ProxyError):
+    status = 400
+    code = "bad_request"
+
+
+class AuthHostRefused(ProxyError):
+    status = 403
+    code = "auth_host_refused"
+
+
+class TargetNotAllowed(ProxyError):
+    status = 403
+    code = "target_not_allowed"
+
+
+class HostNotAllowed(ProxyError):
+    status = 403
+    code = "host_not_allowed"
+
+
+class OriginNotAllowed(ProxyError):
+    status = 403
+    code = "origin_not_allowed"
+
+
+class ClientNotAllowed(ProxyError):
+    status = 403
+    code = "client_not_allowed"
+
+
+class MethodNotAllowed(ProxyError):
+    status = 405
+    code = "method_not_allowed"
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"}
+
+
+def upstream_failure(exc: BaseException, upstream: str) -> ProxyError:
+    """Map a failure of the upstream exchange (before any response byte) to its gateway error."""
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return UpstreamTimeout(
+            f"{upstream} did not answer in time; raise --upstream-timeout if the call is slow"
+        )
+    reason = type(exc).__name__
+    return UpstreamUnreachable(
+        f"{upstream} could not be reached ({reason}); check --api-base-url and the network"
+    )
+
+
+def error_response(error: ProxyError, request_id: str | None = None) -> web.Response:
+    headers = {"Cache-Control": "no-store", **error.headers()}
+    if request_id:
+        headers["X-Request-Id"] = request_id
+    headers["Content-Type"] = "application/json"
+    body = json.dumps({"error": error.code, "error_description": error.description})
+    return web.Response(status=error.status, body=body.encode(), headers=headers)

@@ -1,0 +1,61 @@
+"""Logging set-up, done once at the entry point; modules only call structlog.get_logger()."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+from structlog.tracebacks import ExceptionDictTransformer
+
+SENSITIVE_KEYS = frozenset(
+    {"authorization", "access_token", "token", "client_secret", "secret", "password", "cookie"}
+)
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
+
+
+def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Mask values under sensitive keys and any bearer/basic credential inside strings."""
+    for key, value in event.items():
+        if key.lower() in SENSITIVE_KEYS:
+            event[key] = "**********"
+        elif isinstance(value, str) and _BEARER.search(value):
+            event[key] = _BEARER.sub(r"\1 **********", value)
+    return event
+
+
+def processors(log_format: str) -> list[Any]:
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if log_format == "json":
+        return [
+            *shared,
+            structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
+            redact,
+            structlog.processors.JSONRenderer(),
+        ]
+    return [
+        *shared,
+        redact,
+        structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(),
+            exception_formatter=structlog.dev.plain_traceback,
+        ),
+    ]
+
+
+def configure(log_format: str | None, level: str) -> None:
+    """JSON off a terminal, console on one, unless the format is given."""
+    chosen = log_format or ("console" if sys.stderr.isatty() else "json")
+    structlog.configure(
+        processors=processors(chosen),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )

@@ -1,0 +1,42 @@
+"""Section 6's policy, apart from any I/O: send; on 401 renew the token (unless someone already
+has) and send once more; a second 401 goes to the client as it is."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+from proxy.token_endpoint import Token
+
+
+class Response(Protocol):
+    @property
+    def status(self) -> int: ...
+
+    def release(self) -> Any: ...
+
+
+class Tokens(Protocol):
+    async def token(self) -> Token: ...
+
+    async def renew(self, rejected: Token) -> Token: ...
+
+
+R = TypeVar("R", bound=Response)
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[R]):
+    response: R
+    replayed: bool
+
+
+async def send_with_replay(send: Callable[[Token], Awaitable[R]], tokens: Tokens) -> Outcome[R]:
+    token = await tokens.token()
+    response = await send(token)
+    if response.status != 401:
+        return Outcome(response, replayed=False)
+    response.release()  # the rejected answer is let go before the replay
+    fresh = await tokens.renew(token)
+    return Outcome(await send(fresh), replayed=True)

@@ -1,0 +1,473 @@
+"""Every setting of the proxy: read from flags, environment, a TOML file and the environment
+table (in that order of precedence), then validated, with every problem reported at once."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from yarl import URL
+
+from proxy.credentials import ClientSecret, Secret, readable_by_others
+from proxy.environments import load_environments
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+class ConfigError(Exception):
+    """The configuration has problems; each is one line for the user."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    client_id: str
+    client_secret: ClientSecret
+    api_base_url: str
+    token_url: str
+    environment: str = "sandbox"
+    listen: Listen = Listen("127.0.0.1", 8080)
+    scope: str | None = None
+    client_auth: str = "post"
+    log_format: str | None = None
+    log_level: str = "info"
+    log_query: bool = False
+    log_probes: bool = False
+    refresh_margin: float = 300.0
+    token_requests_per_minute: int = 20
+    token_timeout: float = 30.0
+    default_token_lifetime: float = 3600.0
+    connect_timeout: float = 10.0
+    upstream_timeout: float = 60.0
+    max_body_size: int = 1 << 30
+    spool_threshold: int = 1 << 20
+    allowed_clients: tuple[IPNetwork, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    ca_bundle: Path | None = None
+    shutdown_timeout: float = 25.0
+    workers: int = 1
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+
+# ---- parsers: each takes a flag/environment string or a TOML value, raises ValueError ----
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"expected text, got {type(value).__name__}")
+    return str(value).strip()
+
+
+def _nonempty(value: object) -> str:
+    text = _text(value)
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
+def _number(value: object, *, minimum: float = 0.0, allow_zero: bool = False) -> float:
+    try:
+        number = float(_text(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number of seconds") from None
+    if number < minimum or (number == minimum and not allow_zero) or number != number:
+        raise ValueError(f"{value!r} must be greater than {minimum:g}")
+    return number
+
+
+def _seconds(value: object) -> float:
+    return _number(value)
+
+
+def _seconds_or_zero(value: object) -> float:
+    return _number(value, allow_zero=True)
+
+
+def _count(value: object) -> int:
+    text = _text(value).replace("_", "")
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{value!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def _choice(*choices: str) -> Callable[[object], str]:
+    def parse(value: object) -> str:
+        text = _text(value).lower()
+        if text not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def _bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = _text(value).lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"{value!r} is not true or false")
+
+
+def _items(value: object) -> tuple[str, ...]:
+    parts = value if isinstance(value, list) else _text(value).split(",")
+    return tuple(item for item in (_text(part) for part in parts) if item)
+
+
+def _networks(value: object) -> tuple[IPNetwork, ...]:
+    networks = []
+    for item in _items(value):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an address or CIDR block") from None
+    return tuple(networks)
+
+
+def _origins(value: object) -> tuple[str, ...]:
+    origins = []
+    for item in _items(value):
+        url = URL(item)
+        if url.scheme not in ("http", "https") or not url.host or url.raw_path not in ("", "/"):
+            raise ValueError(f"{item!r} is not an origin such as https://app.example.com")
+        origins.append(str(url.origin()))
+    return tuple(origins)
+
+
+def parse_listen(value: object) -> Listen:
+    text = _text(value)
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT (for example 127.0.0.1:8080)")
+    return Listen(host, int(port))
+
+
+def _path(value: object) -> Path:
+    return Path(_nonempty(value)).expanduser()
+
+
+def _url(value: object) -> str:
+    text = _nonempty(value)
+    try:
+        url = URL(text, encoded=True)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a URL") from None
+    if url.scheme not in ("http", "https") or not url.raw_host:
+        raise ValueError(f"{text!r} is not an http:// or https:// URL")
+    if url.raw_fragment:
+        raise ValueError(f"{text!r} must not have a #fragment")
+    return text
+
+
+def _log_level(value: object) -> str:
+    return _choice("debug", "info", "warning", "error", "critical")(value)
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    env: str
+    parse: Callable[[object], Any]
+    help: str
+    flag: bool = True
+    metavar: str | None = None
+
+    @property
+    def flag_name(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "listen",
+        "AGENTSYNC_PROXY_LISTEN",
+        parse_listen,
+        "address to listen on",
+        metavar="HOST:PORT",
+    ),
+    Option(
+        "environment", "AGENTSYNC_ENVIRONMENT", _nonempty, "AgentSync environment", metavar="NAME"
+    ),
+    Option("api_base_url", "AGENTSYNC_API_BASE_URL", _url, "API base URL", metavar="URL"),
+    Option("token_url", "AGENTSYNC_TOKEN_URL", _url, "OAuth 2.0 token endpoint", metavar="URL"),
+    Option("client_id", "AGENTSYNC_CLIENT_ID", _nonempty, "OAuth client id", metavar="ID"),
+    Option("client_secret", "AGENTSYNC_CLIENT_SECRET", _nonempty, "client secret", flag=False),
+    Option(
+        "client_secret_file",
+        "AGENTSYNC_CLIENT_SECRET_FILE",
+        _path,
+        "file holding the client secret, re-read at every token request",
+        metavar="PATH",
+    ),
+    Option("scope", "AGENTSYNC_SCOPE", _text, "space-separated scopes to request", metavar='"A B"'),
+    Option("client_auth", "AGENTSYNC_CLIENT_AUTH", _choice("post", "basic"), "post or basic"),
+    Option("config", "AGENTSYNC_PROXY_CONFIG", _path, "TOML configuration file", metavar="FILE"),
+    Option(
+        "log_format", "AGENTSYNC_PROXY_LOG_FORMAT", _choice("json", "console"), "json or console"
+    ),
+    Option("log_level", "AGENTSYNC_PROXY_LOG_LEVEL", _log_level, "log level", metavar="LEVEL"),
+    Option("log_query", "AGENTSYNC_PROXY_LOG_QUERY", _bool, "log query values unmasked"),
+    Option("log_probes", "AGENTSYNC_PROXY_LOG_PROBES", _bool, "log /-/ probe requests"),
+    Option(
+        "refresh_margin",
+        "AGENTSYNC_PROXY_REFRESH_MARGIN",
+        _seconds_or_zero,
+        "renew the token this long before it expires",
+        metavar="SECONDS",
+    ),
+    Option(
+        "token_requests_per_minute",
+        "AGENTSYNC_PROXY_TOKEN_REQUESTS_PER_MINUTE",
+        _count,
+        "cap on token requests per minute",
+        metavar="N",
+    ),
+    Option(
+        "token_timeout",
+        "AGENTSYNC_PROXY_TOKEN_TIMEOUT",
+        _seconds,
+        "longest a request waits for a token",
+        metavar="SECONDS",
+    ),
+    Option(
+        "default_token_lifetime",
+        "AGENTSYNC_PROXY_DEFAULT_TOKEN_LIFETIME",
+        _seconds,
+        "token lifetime assumed when expires_in is missing",
+        metavar="SECONDS",
+    ),
+    Option(
+        "connect_timeout",
+        "AGENTSYNC_PROXY_CONNECT_TIMEOUT",
+        _seconds,
+        "connect timeout",
+        metavar="SECONDS",
+    ),
+    Option(
+        "upstream_timeout",
+        "AGENTSYNC_PROXY_UPSTREAM_TIMEOUT",
+        _seconds,
+        "no response or no bytes for this long",
+        metavar="SECONDS",
+    ),
+    Option(
+        "max_body_size",
+        "AGENTSYNC_PROXY_MAX_BODY_SIZE",
+        _count,
+        "largest request body",
+        metavar="BYTES",
+    ),
+    Option(
+        "spool_threshold",
+        "AGENTSYNC_PROXY_SPOOL_THRESHOLD",
+        _count,
+        "request bodies above this size are kept in a temporary file",
+        metavar="BYTES",
+    ),
+    Option(
+        "allowed_clients",
+        "AGENTSYNC_PROXY_ALLOWED_CLIENTS",
+        _networks,
+        "client CIDR blocks",
+        metavar="CIDR,...",
+    ),
+    Option(
+        "allowed_hosts",
+        "AGENTSYNC_PROXY_ALLOWED_HOSTS",
+        _items,
+        "Host names accepted",
+        metavar="NAME,...",
+    ),
+    Option(
+        "allowed_origins",
+        "AGENTSYNC_PROXY_ALLOWED_ORIGINS",
+        _origins,
+        "web origins allowed (CORS)",
+        metavar="ORIGIN,...",
+    ),
+    Option("ca_bundle", "AGENTSYNC_PROXY_CA_BUNDLE", _path, "extra CA bundle", metavar="PATH"),
+    Option(
+        "shutdown_timeout",
+        "AGENTSYNC_PROXY_SHUTDOWN_TIMEOUT",
+        _seconds,
+        "time in-flight requests get on SIGTERM",
+        metavar="SECONDS",
+    ),
+    Option("workers", "AGENTSYNC_PROXY_WORKERS", _count, "processes sharing the port", metavar="N"),
+)
+OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
+_TOML_KEYS = {option.name for option in OPTIONS if option.flag and option.name != "config"}
+
+
+def is_loopback_host(host: str) -> bool:
+    host = host.strip("[]").rstrip(".").lower()
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_auth_host(host: str) -> bool:
+    return host.rstrip(".").lower().startswith("auth.")
+
+
+def _read_toml(path: Path, problems: list[str]) -> dict[str, object]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        problems.append(f"--config {path}: cannot read the file ({exc.strerror})")
+        return {}
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        problems.append(f"--config {path}: not valid TOML ({exc})")
+        return {}
+    for key in sorted(set(data) - _TOML_KEYS):
+        hint = " (give the secret in AGENTSYNC_CLIENT_SECRET or client_secret_file)" * (
+            key == "client_secret"
+        )
+        problems.append(f"--config {path}: unknown setting {key!r}{hint}")
+    return {key: value for key, value in data.items() if key in _TOML_KEYS}
+
+
+def load_settings(flags: Mapping[str, object], environ: Mapping[str, str]) -> Settings:
+    """Merge flags > environment > TOML file > environment table > defaults; raise ConfigError."""
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+
+    def take(option: Option, raw: object, source: str) -> None:
+        try:
+            values[option.name] = option.parse(raw)
+        except ValueError as exc:
+            problems.append(f"{source}: {exc}")
+
+    for option in OPTIONS:
+        if flags.get(option.name) is not None:
+            take(option, flags[option.name], option.flag_name)
+        elif environ.get(option.env, "") != "":
+            take(option, environ[option.env], option.env)
+    if "config" in values:
+        for key, raw in _read_toml(values["config"], problems).items():
+            if key not in values:
+                take(OPTIONS_BY_NAME[key], raw, f"{values['config']}: {key}")
+    values.pop("config", None)
+    settings = _complete(values, problems)
+    if problems or settings is None:
+        raise ConfigError(problems)
+    return settings
+
+
+def _complete(values: dict[str, Any], problems: list[str]) -> Settings | None:
+    """Fill in the environment table and check what depends on more than one setting."""
+    warnings: list[str] = []
+    environments = load_environments()
+    name = values.setdefault("environment", "sandbox")
+    environment = environments.get(name)
+    if environment is None:
+        known = ", ".join(environments)
+        problems.append(f"AGENTSYNC_ENVIRONMENT: unknown environment {name!r} (one of {known})")
+    else:
+        values.setdefault("token_url", environment.token_url)
+        if environment.api_base_url:
+            values.setdefault("api_base_url", environment.api_base_url)
+        elif "api_base_url" not in values:
+            problems.append(
+                f"AGENTSYNC_API_BASE_URL: required for the {name} environment, whose API base"
+                " URL is not documented (give --api-base-url)"
+            )
+    for key, label in (
+        ("api_base_url", "AGENTSYNC_API_BASE_URL"),
+        ("token_url", "AGENTSYNC_TOKEN_URL"),
+    ):
+        if key in values:
+            problem = _url_problem(values[key], api=key == "api_base_url")
+            if problem:
+                problems.append(f"{label}: {problem}")
+    if "api_base_url" in values:
+        values["api_base_url"] = values["api_base_url"].rstrip("/")
+
+    if "client_id" not in values:
+        problems.append("AGENTSYNC_CLIENT_ID: required (the OAuth client id AgentSync gave you)")
+    secret = values.pop("client_secret", None)
+    secret_file: Path | None = values.pop("client_secret_file", None)
+    if secret is not None and secret_file is not None:
+        problems.append(
+            "AGENTSYNC_CLIENT_SECRET and AGENTSYNC_CLIENT_SECRET_FILE are both set: keep one"
+        )
+    elif secret_file is not None:
+        problems.extend(_secret_file_problems(secret_file, warnings))
+    elif secret is None:
+        problems.append(
+            "AGENTSYNC_CLIENT_SECRET: required, or AGENTSYNC_CLIENT_SECRET_FILE"
+            " (there is no flag: a secret on a command line is visible to every user)"
+        )
+    values["client_secret"] = ClientSecret(
+        Secret(secret) if secret is not None else None, secret_file
+    )
+
+    listen: Listen = values.get("listen", Settings.listen)
+    if not is_loopback_host(listen.host) and not values.get("allowed_clients"):
+        problems.append(
+            f"--listen {listen}: not a loopback address, so --allowed-clients CIDR,... is"
+            " required (the proxy lends its credentials to whoever can reach it)"
+        )
+    ca_bundle: Path | None = values.get("ca_bundle")
+    if ca_bundle is not None and not os.access(ca_bundle, os.R_OK):
+        problems.append(f"AGENTSYNC_PROXY_CA_BUNDLE: cannot read {ca_bundle}")
+
+    if problems:
+        return None
+    return Settings(**values, warnings=tuple(warnings))
+
+
+def _url_problem(url: str, *, api: bool) -> str | None:
+    parsed = URL(url, encoded=True)
+    host = parsed.raw_host or ""
+    if parsed.scheme == "http" and not is_loopback_host(host):
+        return f"{url} must use https:// (plain http:// is allowed only for loopback hosts)"
+    if api and is_auth_host(host):
+        return (
+            f"{url} is an auth.* host: API traffic must go to the API base URL, never the"
+            " authorization server"
+        )
+    if api and (parsed.raw_query_string or url.endswith("?")):
+        return f"{url} must not have a query string"
+    return None
+
+
+def _secret_file_problems(path: Path, warnings: list[str]) -> list[str]:
+    try:
+        content = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        return [f"AGENTSYNC_CLIENT_SECRET_FILE: cannot read {path} ({exc.strerror})"]
+    except UnicodeDecodeError:
+        return [f"AGENTSYNC_CLIENT_SECRET_FILE: {path} is not UTF-8 text"]
+    if not content:
+        return [f"AGENTSYNC_CLIENT_SECRET_FILE: {path} is empty"]
+    if readable_by_others(path):
+        warnings.append(
+            f"AGENTSYNC_CLIENT_SECRET_FILE: {path} is readable by other users (chmod 600 it)"
+        )
+    return []

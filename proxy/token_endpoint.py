@@ -1,0 +1,192 @@
+"""One client-credentials token request to the OAuth 2.0 token endpoint, and what its answer
+means: a Token, a rejection (not worth retrying) or an unavailability (worth retrying)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from urllib.parse import quote
+
+import aiohttp
+import structlog
+
+from proxy.credentials import ClientSecret, Secret
+from proxy.errors import TokenRejected, TokenUnavailable
+
+log = structlog.get_logger("proxy.tokens")
+RETRY_AFTER_CAP = 120.0
+
+
+@dataclass(frozen=True, eq=False)
+class Token:
+    """An access token; compared by identity, so a 401 names exactly the token that failed."""
+
+    value: Secret = field(repr=False)
+    expires_at: float
+    lifetime: float
+    scope: str | None
+    expires_at_wall: float
+
+    def refresh_at(self, margin: float) -> float:
+        """When to renew: `margin` before expiry, or half-way through a shorter lifetime."""
+        return self.expires_at - min(margin, self.lifetime / 2)
+
+    def is_valid(self, now: float) -> bool:
+        return now < self.expires_at
+
+
+def retry_after_seconds(header: str | None, now: float | None = None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP-date), capped."""
+    if not header:
+        return None
+    header = header.strip()
+    if header.isdigit():
+        return min(float(header), RETRY_AFTER_CAP)
+    try:
+        when = parsedate_to_datetime(header).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+    return min(max(0.0, when - (time.time() if now is None else now)), RETRY_AFTER_CAP)
+
+
+@dataclass
+class TokenEndpoint:
+    """Posts the client-credentials grant; `fetch` is the one method the token cache needs."""
+
+    session: aiohttp.ClientSession
+    url: str
+    client_id: str
+    client_secret: ClientSecret
+    environment: str
+    scope: str | None = None
+    client_auth: str = "post"
+    default_lifetime: float = 3600.0
+    timeout: float = 30.0
+    clock: Callable[[], float] = time.monotonic
+
+    async def fetch(self) -> Token:
+        form, headers = self._request_parts()
+        started = self.clock()
+        try:
+            async with self.session.post(
+                self.url,
+                data=form,
+                headers=headers,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            ) as response:
+                body = await response.read()
+                return self._interpret(
+                    response.status, response.headers.get("Retry-After"), body, started
+                )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            reason = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
+            raise TokenUnavailable(
+                f"the token endpoint {self.url} could not be reached ({reason});"
+                " check AGENTSYNC_TOKEN_URL and the network",
+            ) from None
+
+    def _request_parts(self) -> tuple[dict[str, str], dict[str, str]]:
+        try:
+            secret = self.client_secret.read().reveal()
+        except (OSError, UnicodeDecodeError):
+            raise TokenUnavailable(
+                f"cannot read the client secret file {self.client_secret.file}"
+            ) from None
+        form = {"grant_type": "client_credentials"}
+        headers = {"Accept": "application/json"}
+        if self.client_auth == "basic":
+            pair = f"{quote(self.client_id, safe='')}:{quote(secret, safe='')}"
+            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+        else:
+            form["client_id"] = self.client_id
+            form["client_secret"] = secret
+        if self.scope:
+            form["scope"] = self.scope
+        return form, headers
+
+    def _interpret(
+        self, status: int, retry_after_header: str | None, body: bytes, started: float
+    ) -> Token:
+        retry_after = retry_after_seconds(retry_after_header)
+        if status == 429 or status >= 500:
+            raise TokenUnavailable(
+                f"the token endpoint answered {status}; the proxy retries with backoff",
+                retry_after=retry_after or 1.0,
+            )
+        payload = _json_object(body)
+        if status != 200:
+            raise TokenRejected(self._rejection_description(status, payload))
+        if payload is None:
+            raise TokenUnavailable("the token endpoint answered 200 with a body that is not JSON")
+        access_token = payload.get("access_token")
+        if not isinstance(access_token, str) or not access_token:
+            raise TokenUnavailable("the token endpoint answered 200 without an access_token")
+        token_type = payload.get("token_type", "Bearer")
+        if not isinstance(token_type, str) or token_type.lower() != "bearer":
+            raise TokenRejected(
+                "the token endpoint issued a token that is not a Bearer token; check"
+                " AGENTSYNC_TOKEN_URL"
+            )
+        lifetime = _lifetime(payload.get("expires_in"))
+        if lifetime is None:
+            lifetime = self.default_lifetime
+            log.warning(
+                "token_expires_in_missing",
+                expires_in_assumed=lifetime,
+                hint="set --default-token-lifetime if AgentSync's tokens live shorter",
+            )
+        scope = payload.get("scope")
+        return Token(
+            value=Secret(access_token),
+            expires_at=started + lifetime,
+            lifetime=lifetime,
+            scope=scope if isinstance(scope, str) else self.scope,
+            expires_at_wall=time.time() + lifetime,
+        )
+
+    def _rejection_description(self, status: int, payload: dict[str, object] | None) -> str:
+        payload = payload or {}
+        code = payload.get("error") or payload.get("errorCode") or f"HTTP {status}"
+        summary = payload.get("error_description") or payload.get("errorSummary") or ""
+        code_text = str(code)[:80]
+        summary_text = f": {str(summary)[:200]}" if summary else ""
+        if code_text in ("invalid_scope", "access_denied"):
+            action = (
+                "check AGENTSYNC_SCOPE against the scopes granted to the client for the"
+                f" {self.environment} environment"
+            )
+        elif code_text == "unsupported_grant_type" or code_text == "unauthorized_client":
+            action = (
+                "the client is not allowed the client-credentials grant; contact AgentSync support"
+            )
+        else:
+            action = (
+                f"check AGENTSYNC_CLIENT_ID and AGENTSYNC_CLIENT_SECRET for the"
+                f" {self.environment} environment, and AGENTSYNC_CLIENT_AUTH (post or basic)"
+            )
+        return (
+            f"the token endpoint rejected the proxy's request ({code_text}{summary_text}); {action}"
+        )
+
+
+def _json_object(body: bytes) -> dict[str, object] | None:
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def _lifetime(value: object) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int | float) and 0 < value < 10 * 365 * 86400:
+        return float(value)
+    return None

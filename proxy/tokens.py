@@ -1,0 +1,214 @@
+"""The one token all requests share: fetched once for everyone (single flight), renewed in the
+background before it expires, retried with backoff, and never requested more often than a cap."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from proxy.errors import TokenError, TokenRejected, TokenUnavailable
+from proxy.token_endpoint import Token
+
+log = structlog.get_logger("proxy.tokens")
+
+
+class TokenFetcher(Protocol):
+    async def fetch(self) -> Token: ...
+
+
+class CapReached(TokenUnavailable):
+    """The proxy's own per-minute cap on token requests is used up."""
+
+
+class RequestCap:
+    """At most `limit` events in any sliding window of `window` seconds."""
+
+    def __init__(
+        self, limit: int, window: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ):
+        self.limit = limit
+        self.window = window
+        self.clock = clock
+        self._times: deque[float] = deque()
+
+    def try_acquire(self) -> float:
+        """Take a slot and return 0, or return the seconds until one frees."""
+        now = self.clock()
+        while self._times and self._times[0] <= now - self.window:
+            self._times.popleft()
+        if len(self._times) >= self.limit:
+            return self._times[0] + self.window - now
+        self._times.append(now)
+        return 0.0
+
+
+@dataclass(frozen=True)
+class _Failure:
+    error: TokenError
+    until: float
+
+
+def backoff(attempt: int, initial: float, ceiling: float) -> float:
+    """Exponential backoff with equal jitter: half fixed, half random."""
+    base = min(ceiling, initial * 2.0 ** (attempt - 1))
+    jitter: float = random.uniform(0, base / 2)  # noqa: S311 - jitter, not security
+    return base / 2 + jitter
+
+
+class TokenSource:
+    def __init__(
+        self,
+        fetcher: TokenFetcher,
+        *,
+        refresh_margin: float = 300.0,
+        requests_per_minute: int = 20,
+        wait_timeout: float = 30.0,
+        max_attempts: int = 5,
+        backoff_initial: float = 0.25,
+        backoff_ceiling: float = 30.0,
+        rejection_ttl: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.fetcher = fetcher
+        self.refresh_margin = refresh_margin
+        self.wait_timeout = wait_timeout
+        self.max_attempts = max_attempts
+        self.backoff_initial = backoff_initial
+        self.backoff_ceiling = backoff_ceiling
+        self.rejection_ttl = rejection_ttl
+        self.clock = clock
+        self.cap = RequestCap(requests_per_minute, clock=clock)
+        self.current: Token | None = None
+        self._failure: _Failure | None = None
+        self._inflight: asyncio.Task[Token] | None = None
+
+    def valid_token(self) -> Token | None:
+        token = self.current
+        return token if token is not None and token.is_valid(self.clock()) else None
+
+    async def token(self) -> Token:
+        """The shared token; waits only when there is no valid one."""
+        now = self.clock()
+        token = self.current
+        if token is not None and token.is_valid(now):
+            if now >= token.refresh_at(self.refresh_margin) and not self._failing(now):
+                self._start_refresh()
+            return token
+        if self._failure is not None and self._failing(now):
+            raise self._failure.error
+        return await self._await_refresh()
+
+    async def renew(self, rejected: Token) -> Token:
+        """The upstream refused `rejected`: renew it unless someone already has."""
+        if self.current is rejected:
+            self.current = None
+            self._failure = None
+            log.info("token_evicted", reason="upstream answered 401")
+        return await self.token()
+
+    async def run(self) -> None:
+        """Keep a fresh token: fetch at start, renew before the margin, wait out failures."""
+        while True:
+            now = self.clock()
+            token = self.current
+            if token is not None and now < token.refresh_at(self.refresh_margin):
+                delay = token.refresh_at(self.refresh_margin) - now
+            elif self._failure is not None and self._failing(now):
+                delay = self._failure.until - now
+            else:
+                with contextlib.suppress(TokenError):
+                    await asyncio.shield(self._start_refresh())
+                continue
+            await asyncio.sleep(delay)
+
+    def _failing(self, now: float) -> bool:
+        return self._failure is not None and now < self._failure.until
+
+    def _start_refresh(self) -> asyncio.Task[Token]:
+        if self._inflight is None or self._inflight.done():
+            self._inflight = asyncio.get_running_loop().create_task(self._refresh())
+            self._inflight.add_done_callback(_consume_exception)
+        return self._inflight
+
+    async def _await_refresh(self) -> Token:
+        task = self._start_refresh()
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), self.wait_timeout)
+        except TimeoutError:
+            raise TokenUnavailable(
+                "no token yet: the token endpoint has not answered within --token-timeout;"
+                " check AGENTSYNC_TOKEN_URL and the network",
+                retry_after=self.backoff_initial * 4,
+            ) from None
+
+    async def _refresh(self) -> Token:
+        try:
+            token = await self._fetch_with_retries()
+        except TokenRejected as exc:
+            self._failure = _Failure(exc, self.clock() + self.rejection_ttl)
+            log.error("token_request_rejected", error=exc.description)
+            raise
+        except TokenUnavailable as exc:
+            self._failure = _Failure(exc, self.clock() + max(1.0, exc.retry_after))
+            log.error("token_unavailable", error=exc.description, retry_after=exc.retry_after)
+            raise
+        self.current = token
+        self._failure = None
+        log.info("token_obtained", expires_in=round(token.lifetime), scope=token.scope)
+        return token
+
+    async def _fetch_with_retries(self) -> Token:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_is_transient),
+            stop=stop_after_attempt(self.max_attempts),
+            wait=self._wait,
+            before_sleep=_log_retry,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                wait = self.cap.try_acquire()
+                if wait:
+                    raise CapReached(
+                        "the proxy's cap on token requests per minute is used up"
+                        " (--token-requests-per-minute); the upstream may be rejecting every"
+                        " token",
+                        retry_after=wait,
+                    )
+                return await self.fetcher.fetch()
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    def _wait(self, state: RetryCallState) -> float:
+        delay = backoff(state.attempt_number, self.backoff_initial, self.backoff_ceiling)
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, TokenUnavailable) and error.retry_after > delay:
+            return min(error.retry_after, self.backoff_ceiling * 4)
+        return delay
+
+
+def _is_transient(error: BaseException) -> bool:
+    return isinstance(error, TokenUnavailable) and not isinstance(error, CapReached)
+
+
+def _log_retry(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome else None
+    log.warning(
+        "token_request_retry",
+        attempt=state.attempt_number,
+        error=getattr(error, "description", type(error).__name__),
+        retry_in=round(state.upcoming_sleep, 3),
+    )
+
+
+def _consume_exception(task: asyncio.Task[Token]) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import pytest
+
+from proxy.servers import RunningProxy, RunningSimulator, running_proxy, settings_for
+from tests.rawhttp import RawUpstream
+
+pytest_plugins = ["proxy.testing"]
+
+# Token retries back off from 10 ms in tests, so that retry tests take no real time.
+FAST_RETRIES = {"backoff_initial": 0.01}
+
+ProxyFactory = Callable[..., Awaitable[RunningProxy]]
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[RawUpstream]:
+    server = RawUpstream()
+    await server.start()
+    yield server
+    await server.close()
+
+
+@pytest.fixture
+async def make_proxy(
+    agentsync_simulator: RunningSimulator, upstream: RawUpstream
+) -> AsyncIterator[ProxyFactory]:
+    """A proxy whose token comes from the simulator and whose API is the raw upstream."""
+    async with AsyncExitStack() as stack:
+
+        async def start(
+            app_options: dict[str, Any] | None = None, **overrides: Any
+        ) -> RunningProxy:
+            overrides.setdefault("api_base_url", upstream.url)
+            settings = settings_for(agentsync_simulator, **overrides)
+            options = {"token_source_options": FAST_RETRIES, **(app_options or {})}
+            return await stack.enter_async_context(running_proxy(settings, **options))
+
+        yield start

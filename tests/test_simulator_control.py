@@ -1,0 +1,180 @@
+"""The simulator's /_simulator/ control endpoints: revoke, config, faults, stats and reset."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
+
+from proxy.simulator import SIMULATOR_STATE, SimulatorConfig, create_app
+
+Client = TestClient[web.Request, web.Application]
+FORM = {
+    "grant_type": "client_credentials",
+    "client_id": "demo-client",
+    "client_secret": "demo-secret",
+}
+ENTITY = "/v2/entities/17345829"
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def start(aiohttp_client: AiohttpClient, clock: FakeClock | None = None) -> Client:
+    return await aiohttp_client(create_app(SimulatorConfig(), clock or FakeClock()))
+
+
+async def bearer(client: Client) -> dict[str, str]:
+    response = await client.post("/oauth2/token", data=FORM)
+    assert response.status == 200
+    return {"Authorization": f"Bearer {(await response.json())['access_token']}"}
+
+
+async def test_revoke_invalidates_every_issued_token(aiohttp_client: AiohttpClient) -> None:
+    client = await start(aiohttp_client)
+    first, second = await bearer(client), await bearer(client)
+    response = await client.post("/_simulator/revoke")
+    assert response.status == 200
+    assert (await response.json())["revoked"] == 2
+    assert (await client.get(ENTITY, headers=first)).status == 401
+    assert (await client.get(ENTITY, headers=second)).status == 401
+
+
+async def test_tokens_issued_after_a_revoke_work(aiohttp_client: AiohttpClient) -> None:
+    client = await start(aiohttp_client)
+    await bearer(client)
+    await client.post("/_simulator/revoke")
+    assert (await client.get(ENTITY, headers=await bearer(client))).status == 200
+
+
+async def test_config_lifetime_applies_to_tokens_issued_afterwards(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    clock = FakeClock()
+    client = await start(aiohttp_client, clock)
+    old = await bearer(client)
+    response = await client.post("/_simulator/config", json={"token_lifetime": 30})
+    assert response.status == 200
+    assert (await response.json())["token_lifetime"] == 30
+    token = await (await client.post("/oauth2/token", data=FORM)).json()
+    assert token["expires_in"] == 30
+    new = {"Authorization": f"Bearer {token['access_token']}"}
+    clock.now += 30
+    assert (await client.get(ENTITY, headers=new)).status == 401
+    assert (await client.get(ENTITY, headers=old)).status == 200
+
+
+async def test_config_refuses_a_non_positive_lifetime(aiohttp_client: AiohttpClient) -> None:
+    client = await start(aiohttp_client)
+    response = await client.post("/_simulator/config", json={"token_lifetime": 0})
+    assert response.status == 400
+    assert (await response.json())["error"] == "invalid_request"
+
+
+async def test_faults_fail_the_next_count_token_requests_then_stop(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    client = await start(aiohttp_client)
+    response = await client.post("/_simulator/faults", json={"status": 503, "count": 2})
+    assert response.status == 200
+    statuses = [(await client.post("/oauth2/token", data=FORM)).status for _ in range(3)]
+    assert statuses == [503, 503, 200]
+
+
+async def test_fault_response_is_json(aiohttp_client: AiohttpClient) -> None:
+    client = await start(aiohttp_client)
+    await client.post("/_simulator/faults", json={"status": 500})
+    response = await client.post("/oauth2/token", data=FORM)
+    assert response.status == 500
+    assert "error" in await response.json()
+
+
+async def test_fault_429_carries_retry_after(aiohttp_client: AiohttpClient) -> None:
+    client = await start(aiohttp_client)
+    await client.post("/_simulator/faults", json={"status": 429, "count": 1})
+    response = await client.post("/oauth2/token", data=FORM)
+    assert response.status == 429
+    assert response.headers["Retry-After"] == "1"
+
+
+async def test_fault_delay_holds_the_token_response_back(aiohttp_client: AiohttpClient) -> None:
+    client = await start(aiohttp_client)
+    await client.post("/_simulator/faults", json={"status": 503, "count": 1, "delay": 0.05})
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    response = await client.post("/oauth2/token", data=FORM)
+    # Only a lower bound: a busy machine may take longer, never shorter.
+    assert loop.time() - started >= 0.04
+    assert response.status == 503
+
+
+async def test_faults_refuse_invalid_json(aiohttp_client: AiohttpClient) -> None:
+    client = await start(aiohttp_client)
+    response = await client.post(
+        "/_simulator/faults", data=b"{", headers={"Content-Type": "application/json"}
+    )
+    assert response.status == 400
+    assert (await response.json())["error"] == "invalid_request"
+
+
+async def test_faults_refuse_wrong_types_and_name_each(aiohttp_client: AiohttpClient) -> None:
+    client = await start(aiohttp_client)
+    fault = {"status": "503", "count": True, "delay": -1}
+    response = await client.post("/_simulator/faults", json=fault)
+    assert response.status == 400
+    description = (await response.json())["error_description"]
+    assert all(name in description for name in ("status", "count", "delay"))
+
+
+async def test_stats_count_token_requests_tokens_and_api_statuses(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    client = await start(aiohttp_client)
+    headers = await bearer(client)
+    await client.post("/oauth2/token", data={**FORM, "client_secret": "wrong"})
+    await client.get(ENTITY, headers=headers)
+    await client.get(ENTITY, headers=headers)
+    await client.get(ENTITY)
+    await client.get("/v2/entities/1", headers=headers)
+    response = await client.get("/_simulator/stats")
+    assert response.status == 200
+    assert await response.json() == {
+        "token_requests": 2,
+        "tokens_issued": 1,
+        "api_calls": {"200": 2, "401": 1, "404": 1},
+    }
+
+
+async def test_counters_are_readable_in_process(aiohttp_client: AiohttpClient) -> None:
+    app = create_app(SimulatorConfig(), FakeClock())
+    client = await aiohttp_client(app)
+    await client.post("/_simulator/faults", json={"status": 503})
+    await client.post("/oauth2/token", data=FORM)
+    state = app[SIMULATOR_STATE]
+    assert (state.token_requests, state.tokens_issued) == (1, 0)
+
+
+async def test_reset_clears_counters_faults_and_tokens(aiohttp_client: AiohttpClient) -> None:
+    client = await start(aiohttp_client)
+    headers = await bearer(client)
+    await client.get(ENTITY, headers=headers)
+    await client.post("/_simulator/faults", json={"status": 503, "count": 5})
+    response = await client.post("/_simulator/reset")
+    assert response.status == 200
+    assert await response.json() == {"token_requests": 0, "tokens_issued": 0, "api_calls": {}}
+    assert (await client.get(ENTITY, headers=headers)).status == 401
+    assert (await client.post("/oauth2/token", data=FORM)).status == 200
+
+
+async def test_wrong_method_on_a_control_path_answers_json(aiohttp_client: AiohttpClient) -> None:
+    client = await start(aiohttp_client)
+    response = await client.get("/_simulator/revoke")
+    assert response.status == 405
+    assert (await response.json())["error"] == "method_not_allowed"
