@@ -11,10 +11,10 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
-import structlog
 from aiohttp import web
 
-from proxy import forwarding
+from proxy import forwarding, guard
+from proxy.access import Exchange
 from proxy.body import CapturedBody, too_large_description
 from proxy.errors import (
     ProxyError,
@@ -22,18 +22,17 @@ from proxy.errors import (
     error_response,
     upstream_failure,
 )
-from proxy.guard import guard
+from proxy.metrics import Metrics
 from proxy.replay import send_with_replay
 from proxy.settings import Settings
 from proxy.token_endpoint import TokenEndpoint
 from proxy.tokens import TokenFetcher, TokenSource
 
-log = structlog.get_logger("proxy.access")
-
 SETTINGS = web.AppKey("settings", Settings)
 TOKENS = web.AppKey("tokens", TokenSource)
 UPSTREAM = web.AppKey("upstream", forwarding.Upstream)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
+METRICS = web.AppKey("metrics", Metrics)
 SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)
 
 
@@ -64,10 +63,12 @@ def create_app(
     token_fetcher: Callable[[aiohttp.ClientSession], TokenFetcher] | None = None,
     token_source_options: dict[str, float] | None = None,
 ) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body_size, middlewares=[guard])
+    app = web.Application(client_max_size=settings.max_body_size)
+    guard.install(app, settings)
     app[SETTINGS] = settings
     app[UPSTREAM] = forwarding.Upstream.from_base_url(settings.api_base_url)
     app[SHUTTING_DOWN] = asyncio.Event()
+    app[METRICS] = metrics = Metrics()
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         context = ssl_context(settings)
@@ -99,10 +100,12 @@ def create_app(
             refresh_margin=settings.refresh_margin,
             requests_per_minute=settings.token_requests_per_minute,
             wait_timeout=settings.token_timeout,
+            on_attempt=metrics.token_attempt,
             **(token_source_options or {}),  # type: ignore[arg-type]
         )
         app[SESSION] = upstream_session
         app[TOKENS] = tokens
+        metrics.track_token_expiry(tokens.seconds_left)
         refresher = asyncio.get_running_loop().create_task(tokens.run())
         try:
             yield
@@ -120,6 +123,7 @@ def create_app(
     app.on_shutdown.append(on_shutdown)
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
+    app.router.add_get("/-/metrics", metrics_endpoint)
     app.router.add_route("*", "/-/{rest:.*}", not_found)
     app.router.add_route("*", "/{tail:.*}", forward, expect_handler=expect_body)
     return app
@@ -135,6 +139,13 @@ async def ready(request: web.Request) -> web.Response:
     if request.app[TOKENS].valid_token() is None:
         return web.json_response({"status": "not ready", "reason": "no valid token"}, status=503)
     return web.json_response({"status": "ready"})
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    return web.Response(
+        body=request.app[METRICS].render(),
+        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+    )
 
 
 async def not_found(request: web.Request) -> web.Response:
@@ -156,27 +167,33 @@ async def expect_body(request: web.Request) -> None:
 
 async def forward(request: web.Request) -> web.StreamResponse:
     app = request.app
-    started = time.perf_counter()
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
-    status, upstream_status, replayed, sent = 0, None, False, 0
+    settings = app[SETTINGS]
+    exchange = Exchange(
+        request_id=request.headers.get("X-Request-Id") or uuid.uuid4().hex,
+        method=request.method,
+        target=request.raw_path,
+        client=request.remote,
+    )
+    metrics = app[METRICS]
+    metrics.in_flight.inc()
     body: CapturedBody | None = None
-    upstream_response: aiohttp.ClientResponse | None = None
     try:
         upstream = app[UPSTREAM]
         url = upstream.url(upstream.target(request.raw_path))
-        settings = app[SETTINGS]
         if request.body_exists:
             if (request.content_length or 0) > settings.max_body_size:
                 raise RequestTooLarge(too_large_description(settings.max_body_size))
             body = await CapturedBody.capture(
-                request.content,
-                max_size=settings.max_body_size,
-                threshold=settings.spool_threshold,
+                request.content, max_size=settings.max_body_size, threshold=settings.spool_threshold
             )
+            exchange.bytes_in = body.size
         headers = forwarding.request_headers(
-            request.headers, request_id, body.size if body is not None else _empty_length(request)
+            request.headers,
+            exchange.request_id,
+            body.size if body is not None else _empty_length(request),
         )
         session = app[SESSION]
+        sent_at = time.perf_counter()
         try:
             outcome = await send_with_replay(
                 lambda token: forwarding.send(session, request.method, url, headers, body, token),
@@ -184,46 +201,25 @@ async def forward(request: web.Request) -> web.StreamResponse:
             )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise upstream_failure(exc, upstream.origin) from None
-        upstream_response = outcome.response
-        upstream_status, replayed = upstream_response.status, outcome.replayed
-        out_headers = forwarding.response_headers(upstream_response.headers)
-        for location in out_headers.getall("Location", ())[:1]:
-            out_headers["Location"] = upstream.rewrite_location(
-                location, f"{request.scheme}://{request.host}"
-            )
-        out_headers["X-Request-Id"] = request_id
-        status = upstream_response.status
-        try:
-            response, sent = await forwarding.relay(request, upstream_response, out_headers)
-        except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
-            # The answer broke off upstream or at the client: cut the client's connection too.
-            status = 0
-            if request.transport is not None:
-                request.transport.abort()
-            upstream_response.close()
-            raise
-        return response
+        exchange.upstream_seconds = time.perf_counter() - sent_at
+        async with outcome.response as upstream_response:
+            exchange.status = exchange.upstream_status = upstream_response.status
+            exchange.replayed = outcome.replayed
+            out_headers = forwarding.response_headers(upstream_response.headers)
+            if "Location" in out_headers:
+                out_headers["Location"] = upstream.rewrite_location(
+                    out_headers["Location"], f"{request.scheme}://{request.host}"
+                )
+            out_headers["X-Request-Id"] = exchange.request_id
+            return await forwarding.relay(request, upstream_response, out_headers, exchange)
     except ProxyError as error:
-        status = error.status
-        return error_response(error, request_id)
+        exchange.status, exchange.error = error.status, error.code
+        return error_response(error, exchange.request_id)
     finally:
-        if upstream_response is not None:
-            upstream_response.release()
         if body is not None:
             body.close()
-        log.info(
-            "request",
-            request_id=request_id,
-            method=request.method,
-            path=request.raw_path,
-            status=status,
-            upstream_status=upstream_status,
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
-            bytes_in=body.size if body is not None else 0,
-            bytes_out=sent,
-            replayed=replayed,
-            client=request.remote,
-        )
+        metrics.in_flight.dec()
+        exchange.finish(metrics, settings.log_query)
 
 
 def _empty_length(request: web.Request) -> int | None:

@@ -11,6 +11,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
+from proxy.access import Exchange
 from proxy.body import CapturedBody
 from proxy.errors import AuthHostRefused, BadRequest, TargetNotAllowed
 from proxy.settings import is_auth_host
@@ -147,17 +148,34 @@ async def relay(
     request: web.Request,
     upstream: aiohttp.ClientResponse,
     headers: CIMultiDict[str],
-) -> tuple[web.StreamResponse, int]:
-    """Stream the upstream's answer to the client; returns it and the body bytes sent.
+    exchange: Exchange,
+) -> web.StreamResponse:
+    """Stream the upstream's answer to the client, counting the body bytes sent.
 
     An upstream body that breaks off aborts the client's connection, so that a cut answer
     never looks complete."""
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     await response.prepare(request)
-    sent = 0
     if request.method != "HEAD" and upstream.status not in (204, 304):
-        async for chunk in upstream.content.iter_any():
-            await response.write(chunk)
-            sent += len(chunk)
+        try:
+            async for chunk in upstream.content.iter_any():
+                if exchange.bytes_out == 0 and upstream.status == 403:
+                    exchange.scope_hint(chunk)
+                await response.write(chunk)
+                exchange.bytes_out += len(chunk)
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError):
+            exchange.error = "upstream_broke_off"
+            _abort(request)
+            upstream.close()
+            return response
+        except ConnectionError:
+            exchange.error = "client_disconnected"
+            upstream.close()
+            raise
     await response.write_eof()
-    return response, sent
+    return response
+
+
+def _abort(request: web.Request) -> None:
+    if request.transport is not None:
+        request.transport.abort()

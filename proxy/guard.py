@@ -1,18 +1,147 @@
-"""Who may use the proxy: checks made before any request is forwarded (DESIGN.md section 8)."""
+"""Who may use the proxy, checked before anything is forwarded (DESIGN.md section 8): the
+client's address, the Host it asked for (DNS rebinding) and the web origin behind it (CORS)."""
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import lru_cache
+
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Middleware
 
-from proxy.errors import MethodNotAllowed, ProxyError, error_response
+from proxy.errors import (
+    ClientNotAllowed,
+    HostNotAllowed,
+    MethodNotAllowed,
+    OriginNotAllowed,
+    ProxyError,
+    error_response,
+)
+from proxy.settings import IPNetwork, Settings, is_loopback_host
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+CORS_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+# Browsers mark the requests a page makes; curl and applications send no Sec-Fetch-Site at all.
+SAFE_FETCH_SITES = frozenset({"none", "same-origin"})
 
 
-@web.middleware
-async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+@dataclass(frozen=True)
+class Policy:
+    clients: tuple[IPNetwork, ...]
+    hosts: frozenset[str]
+    origins: frozenset[str]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policy:
+        hosts = {name.lower().rstrip(".") for name in settings.allowed_hosts}
+        hosts.add(settings.listen.host.lower().strip("[]"))
+        return cls(settings.allowed_clients, frozenset(hosts), frozenset(settings.allowed_origins))
+
+    def client_allowed(self, address: str | None) -> bool:
+        return address is None or _client_allowed(self.clients, address)
+
+    def host_allowed(self, host_header: str) -> bool:
+        host = _host_name(host_header)
+        return is_loopback_host(host) or host in self.hosts
+
+
+@lru_cache(maxsize=4096)
+def _client_allowed(networks: tuple[IPNetwork, ...], address: str) -> bool:
     try:
-        if request.method == "CONNECT":
-            raise MethodNotAllowed("CONNECT is not supported: this is a reverse proxy")
-    except ProxyError as error:
-        return error_response(error, request.headers.get("X-Request-Id"))
-    return await handler(request)
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback or any(ip in network for network in networks)
+
+
+def _host_name(host_header: str) -> str:
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rpartition(":")[0].rstrip(".") if ":" in host else host.rstrip(".")
+
+
+def check(policy: Policy, request: web.Request) -> None:
+    """Raise the ProxyError that refuses this request, if any."""
+    if not policy.client_allowed(request.remote):
+        raise ClientNotAllowed(
+            f"the address {request.remote} is not allowed to use this proxy;"
+            " add it to --allowed-clients"
+        )
+    if request.method == "CONNECT":
+        raise MethodNotAllowed("CONNECT is not supported: this is a reverse proxy")
+    probe = request.raw_path.startswith("/-/")
+    origin_form = request.raw_path.startswith("/")
+    host = request.headers.get("Host")
+    if origin_form and not probe and host is not None and not policy.host_allowed(host):
+        raise HostNotAllowed(
+            f"Host {host!r} is not allowed (a web page may be trying DNS rebinding); call the"
+            " proxy as localhost, or add the name to --allowed-hosts"
+        )
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        if origin not in policy.origins:
+            raise OriginNotAllowed(
+                f"requests from web pages of {origin} are refused; add the origin to"
+                " --allowed-origins if that page should use the proxy"
+            )
+    elif request.headers.get("Sec-Fetch-Site", "none") not in SAFE_FETCH_SITES:
+        raise OriginNotAllowed(
+            "a web page of another site sent this request; pages may use the proxy only from"
+            " an origin in --allowed-origins"
+        )
+
+
+def preflight(request: web.Request) -> web.Response:
+    """Answer a CORS preflight from an allowed origin; it is never forwarded."""
+    requested = request.headers.get("Access-Control-Request-Headers", "")
+    headers = {
+        "Access-Control-Allow-Methods": CORS_METHODS,
+        "Access-Control-Max-Age": "600",
+    }
+    if requested:
+        headers["Access-Control-Allow-Headers"] = requested
+    return web.Response(status=204, headers=headers)
+
+
+def cors_headers(
+    policy: Policy,
+) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+        """on_response_prepare: every answer to an allowed origin carries its CORS headers."""
+        origin = request.headers.get("Origin")
+        if origin is not None and origin in policy.origins:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Expose-Headers"] = "X-Request-Id"
+            response.headers.add("Vary", "Origin")
+
+    return add_cors_headers
+
+
+def middleware(policy: Policy) -> Middleware:
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            check(policy, request)
+        except ProxyError as error:
+            return error_response(error, request.headers.get("X-Request-Id"))
+        if (
+            request.method == "OPTIONS"
+            and "Origin" in request.headers
+            and "Access-Control-Request-Method" in request.headers
+        ):
+            return preflight(request)
+        return await handler(request)
+
+    return guard
+
+
+def install(app: web.Application, settings: Settings) -> None:
+    policy = Policy.from_settings(settings)
+    app.middlewares.append(middleware(policy))
+    if policy.origins:
+        app.on_response_prepare.append(cors_headers(policy))

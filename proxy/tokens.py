@@ -77,8 +77,10 @@ class TokenSource:
         backoff_ceiling: float = 30.0,
         rejection_ttl: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        on_attempt: Callable[[str, float], None] | None = None,
     ) -> None:
         self.fetcher = fetcher
+        self.on_attempt = on_attempt
         self.refresh_margin = refresh_margin
         self.wait_timeout = wait_timeout
         self.max_attempts = max_attempts
@@ -90,6 +92,10 @@ class TokenSource:
         self.current: Token | None = None
         self._failure: _Failure | None = None
         self._inflight: asyncio.Task[Token] | None = None
+
+    def seconds_left(self) -> float:
+        token = self.valid_token()
+        return max(0.0, token.expires_at - self.clock()) if token is not None else 0.0
 
     def valid_token(self) -> Token | None:
         token = self.current
@@ -184,8 +190,22 @@ class TokenSource:
                         " token",
                         retry_after=wait,
                     )
-                return await self.fetcher.fetch()
+                return await self._attempt()
         raise AssertionError("unreachable: tenacity reraises the last error")
+
+    async def _attempt(self) -> Token:
+        started = self.clock()
+        outcome = "unavailable"
+        try:
+            token = await self.fetcher.fetch()
+            outcome = "success"
+            return token
+        except TokenRejected:
+            outcome = "rejected"
+            raise
+        finally:
+            if self.on_attempt is not None:
+                self.on_attempt(outcome, self.clock() - started)
 
     def _wait(self, state: RetryCallState) -> float:
         delay = backoff(state.attempt_number, self.backoff_initial, self.backoff_ceiling)

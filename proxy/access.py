@@ -1,0 +1,86 @@
+"""The record of one forwarded request: its access log line and its metrics."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+
+import structlog
+
+from proxy.metrics import Metrics
+
+log = structlog.get_logger("proxy.access")
+_QUERY_VALUE = re.compile(r"=[^&]*")
+# The Contracting API's scopes by method, from AgentSync's public docs.
+CONTRACTING_SCOPES = {
+    "GET": "rino_api_agency_read",
+    "HEAD": "rino_api_agency_read",
+    "POST": "rino_api_agency_write",
+    "PUT": "rino_api_agency_write",
+    "PATCH": "rino_api_agency_write",
+    "DELETE": "rino_api_agency_delete",
+}
+
+
+def mask_query(target: str) -> str:
+    """Keep the query's names, hide its values: they are often personal data (NPNs, names)."""
+    path, sep, query = target.partition("?")
+    return path + sep + _QUERY_VALUE.sub("=***", query) if sep else target
+
+
+@dataclass
+class Exchange:
+    request_id: str
+    method: str
+    target: str
+    client: str | None
+    started: float = field(default_factory=time.perf_counter)
+    status: int = 0
+    upstream_status: int | None = None
+    upstream_seconds: float | None = None
+    replayed: bool = False
+    bytes_in: int = 0
+    bytes_out: int = 0
+    error: str | None = None
+
+    def finish(self, metrics: Metrics, log_query: bool) -> None:
+        seconds = time.perf_counter() - self.started
+        metrics.answered(self.method, self.status, seconds, self.bytes_in, self.bytes_out)
+        if self.upstream_seconds is not None:
+            metrics.upstream_duration.observe(self.upstream_seconds)
+        if self.replayed:
+            metrics.replays.labels("rejected" if self.upstream_status == 401 else "success").inc()
+        if self.error is not None:
+            metrics.errors.labels(self.error).inc()
+        log.info(
+            "request",
+            request_id=self.request_id,
+            method=self.method,
+            path=self.target if log_query else mask_query(self.target),
+            status=self.status,
+            upstream_status=self.upstream_status,
+            duration_ms=round(seconds * 1000, 2),
+            upstream_ms=None
+            if self.upstream_seconds is None
+            else round(self.upstream_seconds * 1000, 2),
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            replayed=self.replayed,
+            client=self.client,
+            **({"error": self.error} if self.error else {}),
+        )
+
+    def scope_hint(self, body_start: bytes) -> None:
+        """AgentSync refuses a call whose token lacks a scope with 'Policy evaluation failed'."""
+        if self.upstream_status != 403 or b"Policy evaluation failed" not in body_start:
+            return
+        scope = CONTRACTING_SCOPES.get(self.method)
+        log.warning(
+            "scope_missing",
+            request_id=self.request_id,
+            hint=(
+                f"AgentSync refused the call for lack of a scope: add {scope or 'the scope'}"
+                " to AGENTSYNC_SCOPE (--scope), if it is granted to the client, and restart"
+            ),
+        )
