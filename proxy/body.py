@@ -14,6 +14,8 @@ from aiohttp import StreamReader
 from proxy.errors import RequestTooLarge
 
 CHUNK = 256 * 1024
+# aiohttp warns about (and writes in one go) bytes bodies above 1 MiB; larger ones are iterated.
+LARGEST_BYTES_PAYLOAD = 1 << 20
 
 
 class CapturedBody:
@@ -54,9 +56,15 @@ class CapturedBody:
     def payload(self) -> bytes | AsyncIterator[bytes]:
         """The body to send; may be called again for a replay."""
         if self._file is None:
+            if self.size > LARGEST_BYTES_PAYLOAD:
+                return self._iterate_parts()
             return b"".join(self._parts) if len(self._parts) != 1 else self._parts[0]
         self._file.flush()
         return self._read_file(self._file.fileno())
+
+    async def _iterate_parts(self) -> AsyncIterator[bytes]:
+        for part in self._parts:
+            yield part
 
     async def _read_file(self, fd: int) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()

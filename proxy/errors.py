@@ -53,12 +53,12 @@ class TokenUnavailable(TokenError):
     status = 503
     code = "token_unavailable"
 
-    def __init__(self, description: str, retry_after: float = 1.0) -> None:
+    def __init__(self, description: str, retry_after: float | None = None) -> None:
         super().__init__(description)
-        self.retry_after = retry_after
+        self.retry_after = retry_after  # from the token endpoint's Retry-After, if it sent one
 
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after or 1)))}
 
 
 class UpstreamUnreachable(ProxyError):

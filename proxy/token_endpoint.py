@@ -116,7 +116,7 @@ class TokenEndpoint:
         if status == 429 or status >= 500:
             raise TokenUnavailable(
                 f"the token endpoint answered {status}; the proxy retries with backoff",
-                retry_after=retry_after or 1.0,
+                retry_after=retry_after,
             )
         payload = _json_object(body)
         if status != 200:

@@ -164,7 +164,7 @@ class TokenSource:
             log.error("token_request_rejected", error=exc.description)
             raise
         except TokenUnavailable as exc:
-            self._failure = _Failure(exc, self.clock() + max(1.0, exc.retry_after))
+            self._failure = _Failure(exc, self.clock() + max(1.0, exc.retry_after or 0.0))
             log.error("token_unavailable", error=exc.description, retry_after=exc.retry_after)
             raise
         self.current = token
@@ -210,8 +210,9 @@ class TokenSource:
     def _wait(self, state: RetryCallState) -> float:
         delay = backoff(state.attempt_number, self.backoff_initial, self.backoff_ceiling)
         error = state.outcome.exception() if state.outcome else None
-        if isinstance(error, TokenUnavailable) and error.retry_after > delay:
-            return min(error.retry_after, self.backoff_ceiling * 4)
+        retry_after = error.retry_after if isinstance(error, TokenUnavailable) else None
+        if retry_after is not None and retry_after > delay:
+            return min(retry_after, self.backoff_ceiling * 4)
         return delay
 
 

@@ -1,0 +1,121 @@
+"""The two nginx configurations: the upstream (a small JSON answer, a 1 GiB download and an
+upload sink) and the reference proxy in front of it. Every path nginx writes is in the run's
+temporary folder, so no system directory is touched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SMALL_BODY = '{"id": 17345829, "name": "Ada Lovelace", "status": "ACTIVE", "states": ["TX"]}'
+DOWNLOAD_SIZE = 1 << 30
+# Not raised above nginx's default of 1,000 requests a connection, wrk and the proxies' pools
+# would reconnect every 1,000 requests; a production upstream keeps connections much longer.
+KEEPALIVE_REQUESTS = 1_000_000
+
+
+def _common(root: Path, name: str) -> str:
+    """Process-wide settings: one worker, pid, logs and temporary files under root."""
+    return f"""
+worker_processes 1;
+pid {root}/{name}.pid;
+error_log {root}/{name}-error.log warn;
+events {{ worker_connections 8192; }}
+worker_rlimit_nofile 20000;
+"""
+
+
+def _http_common(root: Path, name: str) -> str:
+    return f"""
+    client_body_temp_path {root}/{name}-client-body;
+    proxy_temp_path {root}/{name}-proxy;
+    fastcgi_temp_path {root}/{name}-fastcgi;
+    uwsgi_temp_path {root}/{name}-uwsgi;
+    scgi_temp_path {root}/{name}-scgi;
+    keepalive_requests {KEEPALIVE_REQUESTS};
+    keepalive_timeout 75s;
+"""
+
+
+def upstream_config(root: Path, port: int, download: Path) -> str:
+    """The API stand-in.
+
+    The upload sink: `proxy_pass` (with nginx's default `proxy_request_buffering on`) reads the
+    whole request body (into a temporary file past `client_body_buffer_size`) before it sends
+    anything on; `proxy_pass_request_body off` then sends only the headers to `/_uploaded` on
+    this same server, which answers 204. So the client is answered only once every byte has been
+    read, and the body is then dropped with its temporary file. (`return 204` alone would answer
+    at once and discard the body in the background, so an upload would look done too early.)
+    """
+    return f"""{_common(root, "upstream")}
+http {{
+    {_http_common(root, "upstream")}
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    upstream self {{
+        server 127.0.0.1:{port};
+        keepalive 4;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location = /v1/small {{
+            default_type application/json;
+            return 200 '{SMALL_BODY}';
+        }}
+        location = /v1/download {{
+            default_type application/octet-stream;
+            alias {download};
+        }}
+        location = /v1/upload {{
+            client_max_body_size 0;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Content-Length "";
+            proxy_pass_request_body off;
+            proxy_pass http://self/_uploaded;
+        }}
+        location = /_uploaded {{
+            return 204;
+        }}
+    }}
+}}
+"""
+
+
+def proxy_config(root: Path, port: int, upstream_port: int) -> str:
+    """The reference proxy: one worker, a static bearer token, HTTP/1.1 keep-alive upstream,
+    and an access log written to a file, as agentsync-proxy's is."""
+    return f"""{_common(root, "nginx-proxy")}
+http {{
+    {_http_common(root, "nginx-proxy")}
+    access_log {root}/nginx-proxy-access.log;
+    upstream api {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 64;
+        keepalive_requests {KEEPALIVE_REQUESTS};
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        client_max_body_size 0;
+        location / {{
+            proxy_pass http://api;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host 127.0.0.1:{upstream_port};
+            proxy_set_header Authorization "Bearer static";
+        }}
+    }}
+}}
+"""
+
+
+def write_configs(root: Path, upstream_port: int, proxy_port: int) -> tuple[Path, Path]:
+    """The sparse 1 GiB download file and both config files; returns the configs' paths."""
+    download = root / "download.bin"
+    with download.open("wb") as file:
+        file.truncate(DOWNLOAD_SIZE)
+    upstream = root / "upstream.conf"
+    upstream.write_text(upstream_config(root, upstream_port, download))
+    proxy = root / "nginx-proxy.conf"
+    proxy.write_text(proxy_config(root, proxy_port, upstream_port))
+    return upstream, proxy

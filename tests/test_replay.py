@@ -1,0 +1,185 @@
+"""Section 6: an upstream 401 renews the token once for everyone and replays the request once."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import pytest
+
+from proxy.credentials import Secret
+from proxy.errors import TokenUnavailable
+from proxy.replay import send_with_replay
+from proxy.servers import RunningSimulator, running_proxy, settings_for
+from proxy.token_endpoint import Token
+from tests.conftest import ProxyFactory
+from tests.rawhttp import RawUpstream, Received, Writer, reply, response_bytes
+
+
+def reject_first_token(upstream: RawUpstream) -> None:
+    """The upstream refuses the first bearer token it sees and accepts any other."""
+    first: list[str] = []
+
+    async def respond(received: Received, writer: Writer) -> None:
+        token = received.header("Authorization") or ""
+        first[:] = first or [token]
+        status = 401 if token == first[0] else 200
+        headers = [("WWW-Authenticate", 'Bearer error="invalid_token"')] if status == 401 else []
+        writer.write(response_bytes(status, b'{"seen": "%d"}' % status, headers))
+        await writer.drain()
+
+    upstream.responder = respond
+
+
+def without_authorization(received: Received) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in received.headers if k.lower() != "authorization"]
+
+
+async def test_replayed_request_is_identical_but_for_the_token(
+    make_proxy: ProxyFactory, upstream: RawUpstream
+) -> None:
+    reject_first_token(upstream)
+    proxy = await make_proxy()
+    body = os.urandom(64 * 1024)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.put(
+            f"{proxy.url}/contracting/v1/x%2Fy?a=1&a=2",
+            data=body,
+            headers={"Content-Type": "application/octet-stream", "X-Custom": "1"},
+        ) as response,
+    ):
+        assert response.status == 200
+    first, replay = upstream.received
+    assert (replay.method, replay.target) == (first.method, first.target)
+    assert without_authorization(replay) == without_authorization(first)
+    assert replay.body_sha256 == first.body_sha256 == hashlib.sha256(body).hexdigest()
+    assert replay.header("Authorization") != first.header("Authorization")
+
+
+async def test_second_401_goes_to_the_client_unchanged(
+    make_proxy: ProxyFactory, upstream: RawUpstream
+) -> None:
+    upstream.responder = reply(
+        401,
+        b'{"error": "invalid_token", "detail": "from upstream"}',
+        [
+            ("WWW-Authenticate", 'Bearer error="invalid_token"'),
+            ("Content-Type", "application/json"),
+        ],
+    )
+    proxy = await make_proxy()
+    async with aiohttp.ClientSession() as session, session.get(f"{proxy.url}/v1/x") as response:
+        assert response.status == 401
+        assert response.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+        assert await response.read() == b'{"error": "invalid_token", "detail": "from upstream"}'
+    assert len(upstream.received) == 2
+
+
+async def test_100_concurrent_401s_with_one_token_share_one_renewal(
+    agentsync_simulator: RunningSimulator,
+) -> None:
+    async with (
+        running_proxy(settings_for(agentsync_simulator)) as proxy,
+        aiohttp.ClientSession() as session,
+    ):
+        async with session.get(f"{proxy.url}/v2/entities") as response:
+            assert response.status == 200
+        async with session.post(f"{agentsync_simulator.url}/_simulator/revoke") as response:
+            assert response.status == 200
+
+        async def one() -> int:
+            async with session.get(f"{proxy.url}/v2/entities/17345829") as response:
+                await response.read()
+                return response.status
+
+        statuses = await asyncio.gather(*(one() for _ in range(100)))
+    assert statuses == [200] * 100
+    state = agentsync_simulator.state
+    assert state.token_requests == 2
+    assert state.api_calls["401"] == 100
+    assert state.api_calls["200"] == 101
+
+
+def open_temporary_files() -> list[str]:
+    names = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("/tmp/") or "(deleted)" in target:
+            names.append(target)
+    return names
+
+
+async def test_large_body_is_spooled_replayed_from_disk_and_removed(
+    make_proxy: ProxyFactory, upstream: RawUpstream
+) -> None:
+    reject_first_token(upstream)
+    proxy = await make_proxy(spool_threshold=16 * 1024)
+    before = open_temporary_files()
+    body = os.urandom(3 * 1024 * 1024 + 7)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{proxy.url}/v1/upload", data=io.BytesIO(body)) as response,
+    ):
+        assert response.status == 200
+    first, replay = upstream.received
+    assert first.body_sha256 == replay.body_sha256 == hashlib.sha256(body).hexdigest()
+    assert replay.all("Content-Length") == [str(len(body))]
+    assert open_temporary_files() == before
+
+
+async def test_body_over_the_maximum_gets_413_and_nothing_is_forwarded(
+    make_proxy: ProxyFactory, upstream: RawUpstream
+) -> None:
+    proxy = await make_proxy(max_body_size=1000)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(10):
+            yield b"x" * 500
+
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{proxy.url}/v1/x", data=b"x" * 1001) as response:
+            assert response.status == 413
+            assert (await response.json())["error"] == "request_too_large"
+        async with session.post(f"{proxy.url}/v1/x", data=chunks()) as response:
+            assert response.status == 413
+    assert upstream.received == []
+
+
+@dataclass
+class FakeResponse:
+    status: int
+    released: bool = False
+
+    def release(self) -> None:
+        self.released = True
+
+
+class TokensThatCannotRenew:
+    def __init__(self) -> None:
+        self.current = Token(Secret("t"), 1e12, 3600.0, None, 1e12)
+
+    async def token(self) -> Token:
+        return self.current
+
+    async def renew(self, rejected: Token) -> Token:
+        raise TokenUnavailable("token endpoint down")
+
+
+async def test_replay_policy_lets_the_401_go_and_reports_a_failed_renewal() -> None:
+    rejected = FakeResponse(401)
+
+    async def send(token: Token) -> FakeResponse:
+        return rejected
+
+    with pytest.raises(TokenUnavailable):
+        await send_with_replay(send, TokensThatCannotRenew())
+    assert rejected.released

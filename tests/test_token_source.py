@@ -1,0 +1,175 @@
+"""The token cache's policy, driven through its one-method fetcher seam and an injected clock."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from proxy.credentials import Secret
+from proxy.errors import TokenRejected, TokenUnavailable
+from proxy.token_endpoint import Token
+from proxy.tokens import CapReached, RequestCap, TokenSource
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ScriptedFetcher:
+    """Answers token requests from a script of lifetimes (a Token) or errors to raise."""
+
+    def __init__(self, clock: Clock, *script: float | Exception) -> None:
+        self.clock = clock
+        self.script = list(script)
+        self.calls: list[float] = []
+        self.gate: asyncio.Event | None = None
+
+    async def fetch(self) -> Token:
+        self.calls.append(asyncio.get_running_loop().time())
+        if self.gate is not None:
+            await self.gate.wait()
+        step = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        if isinstance(step, Exception):
+            raise step
+        now = self.clock()
+        return Token(Secret(f"t{len(self.calls)}"), now + step, step, None, now + step)
+
+
+def source(fetcher: ScriptedFetcher, clock: Clock, **options: float) -> TokenSource:
+    defaults: dict[str, float] = {"backoff_initial": 0.001, "refresh_margin": 300.0}
+    return TokenSource(fetcher, clock=clock, **{**defaults, **options})  # type: ignore[arg-type]
+
+
+async def test_token_is_reused_until_the_refresh_margin() -> None:
+    clock = Clock()
+    fetcher = ScriptedFetcher(clock, 3600.0)
+    tokens = source(fetcher, clock)
+    first = await tokens.token()
+    clock.now += 3600 - 301
+    assert await tokens.token() is first
+    assert len(fetcher.calls) == 1
+
+
+async def test_within_the_margin_the_old_token_serves_while_a_new_one_is_fetched() -> None:
+    clock = Clock()
+    fetcher = ScriptedFetcher(clock, 3600.0)
+    tokens = source(fetcher, clock)
+    first = await tokens.token()
+    clock.now += 3600 - 299
+    fetcher.gate = asyncio.Event()
+    assert await tokens.token() is first  # did not wait for the token endpoint
+    fetcher.gate.set()
+    await until_current_changes(tokens, first)
+    assert len(fetcher.calls) == 2
+
+
+async def until_current_changes(tokens: TokenSource, old: Token) -> None:
+    async with asyncio.timeout(5):
+        while tokens.current is old:
+            await asyncio.sleep(0)
+
+
+async def test_a_short_lifetime_is_renewed_half_way_instead_of_at_once() -> None:
+    clock = Clock()
+    tokens = source(ScriptedFetcher(clock, 60.0), clock)
+    token = await tokens.token()
+    assert token.refresh_at(300.0) == token.expires_at - 30.0
+
+
+async def test_a_valid_token_keeps_serving_while_the_refresh_fails() -> None:
+    clock = Clock()
+    fetcher = ScriptedFetcher(clock, 3600.0, TokenUnavailable("down"))
+    tokens = source(fetcher, clock, max_attempts=2)
+    first = await tokens.token()
+    clock.now += 3400
+    for _ in range(3):
+        assert await tokens.token() is first
+    async with asyncio.timeout(5):
+        while len(fetcher.calls) < 3:  # the first fetch, then two failing attempts
+            await asyncio.sleep(0)
+    assert await tokens.token() is first
+
+
+async def test_concurrent_renewals_of_the_same_token_share_one_request() -> None:
+    clock = Clock()
+    fetcher = ScriptedFetcher(clock, 3600.0)
+    tokens = source(fetcher, clock)
+    rejected = await tokens.token()
+    renewed = await asyncio.gather(*(tokens.renew(rejected) for _ in range(100)))
+    assert len({id(token) for token in renewed}) == 1
+    assert renewed[0] is not rejected
+    assert len(fetcher.calls) == 2
+
+
+async def test_a_401_on_an_already_replaced_token_renews_nothing() -> None:
+    clock = Clock()
+    fetcher = ScriptedFetcher(clock, 3600.0)
+    tokens = source(fetcher, clock)
+    old = await tokens.token()
+    new = await tokens.renew(old)
+    assert await tokens.renew(old) is new
+    assert len(fetcher.calls) == 2
+
+
+async def test_a_rejection_is_remembered_instead_of_retried() -> None:
+    clock = Clock()
+    fetcher = ScriptedFetcher(clock, TokenRejected("invalid_client"))
+    tokens = source(fetcher, clock, rejection_ttl=30.0)
+    for _ in range(10):
+        with pytest.raises(TokenRejected):
+            await tokens.token()
+    assert len(fetcher.calls) == 1
+    clock.now += 31
+    with pytest.raises(TokenRejected):
+        await tokens.token()
+    assert len(fetcher.calls) == 2
+
+
+async def test_transient_failures_are_retried_until_success() -> None:
+    clock = Clock()
+    down = TokenUnavailable("503")
+    fetcher = ScriptedFetcher(clock, down, down, 3600.0)
+    tokens = source(fetcher, clock)
+    assert (await tokens.token()).lifetime == 3600.0
+    assert len(fetcher.calls) == 3
+
+
+async def test_retry_after_is_honoured_between_attempts() -> None:
+    clock = Clock()
+    fetcher = ScriptedFetcher(clock, TokenUnavailable("429", retry_after=0.2), 3600.0)
+    tokens = source(fetcher, clock)
+    await tokens.token()
+    assert fetcher.calls[1] - fetcher.calls[0] >= 0.2
+
+
+async def test_the_per_minute_cap_holds_whatever_the_demand() -> None:
+    clock = Clock()
+    fetcher = ScriptedFetcher(clock, 3600.0)
+    tokens = source(fetcher, clock, requests_per_minute=3)
+    token = await tokens.token()
+    for _ in range(2):
+        token = await tokens.renew(token)
+    with pytest.raises(CapReached) as refused:
+        await tokens.renew(token)
+    assert len(fetcher.calls) == 3
+    assert refused.value.retry_after == pytest.approx(60.0)
+
+
+def test_request_cap_frees_a_slot_after_the_window() -> None:
+    clock = Clock()
+    cap = RequestCap(2, clock=clock)
+    assert cap.try_acquire() == 0 and cap.try_acquire() == 0
+    assert cap.try_acquire() == pytest.approx(60.0)
+    clock.now += 60
+    assert cap.try_acquire() == 0
+
+
+def test_token_repr_hides_the_value() -> None:
+    token = Token(Secret("s3cr3t-token"), 1.0, 1.0, "scope", 1.0)
+    assert "s3cr3t-token" not in repr(token)
+    assert "s3cr3t-token" not in str(token.value)
