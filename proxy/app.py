@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
+import structlog
 from aiohttp import web
 
 from proxy import forwarding, guard
@@ -32,6 +33,8 @@ SETTINGS = web.AppKey("settings", Settings)
 TOKENS = web.AppKey("tokens", TokenSource)
 UPSTREAM = web.AppKey("upstream", forwarding.Upstream)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
+log = structlog.get_logger("proxy")
+
 METRICS = web.AppKey("metrics", Metrics)
 SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)
 
@@ -200,6 +203,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
                 app[TOKENS],
             )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            log.warning("upstream_failed", request_id=exchange.request_id, exc_info=exc)
             raise upstream_failure(exc, upstream.origin) from None
         exchange.upstream_seconds = time.perf_counter() - sent_at
         async with outcome.response as upstream_response:
@@ -215,6 +219,13 @@ async def forward(request: web.Request) -> web.StreamResponse:
     except ProxyError as error:
         exchange.status, exchange.error = error.status, error.code
         return error_response(error, exchange.request_id)
+    except Exception:
+        log.exception("request_failed", request_id=exchange.request_id)
+        exchange.status, exchange.error = 500, "internal_error"
+        return error_response(
+            ProxyError(f"the proxy failed unexpectedly; its log has request {exchange.request_id}"),
+            exchange.request_id,
+        )
     finally:
         if body is not None:
             body.close()

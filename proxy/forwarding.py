@@ -171,7 +171,7 @@ async def relay(
         except ConnectionError:
             exchange.error = "client_disconnected"
             upstream.close()
-            raise
+            return response
     await response.write_eof()
     return response
 

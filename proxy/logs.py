@@ -27,35 +27,47 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
     return event
 
 
-def processors(log_format: str) -> list[Any]:
-    shared: list[Any] = [
+def processors(log_format: str) -> tuple[list[Any], Any]:
+    """The processor chain (ending in redaction) and the renderer for a format."""
+    chain: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    renderer: Any
     if log_format == "json":
-        return [
-            *shared,
-            structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
-            redact,
-            structlog.processors.JSONRenderer(),
-        ]
-    return [
-        *shared,
-        redact,
-        structlog.dev.ConsoleRenderer(
-            colors=sys.stderr.isatty(),
-            exception_formatter=structlog.dev.plain_traceback,
-        ),
-    ]
+        # Tracebacks as data, without frame locals: a local may hold a token.
+        chain.append(
+            structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False))
+        )
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
+    chain.append(redact)
+    return chain, renderer
 
 
 def configure(log_format: str | None, level: str) -> None:
-    """JSON off a terminal, console on one, unless the format is given."""
+    """JSON off a terminal, console on one, unless the format is given. Records of the
+    standard library's loggers (aiohttp's, asyncio's) are rendered the same way."""
     chosen = log_format or ("console" if sys.stderr.isatty() else "json")
+    numeric_level = logging.getLevelName(level.upper())
+    chain, renderer = processors(chosen)
     structlog.configure(
-        processors=processors(chosen),
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        processors=[*chain, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *chain],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(numeric_level, logging.INFO))

@@ -39,6 +39,10 @@ class TokenStore:
             return None
         return issued
 
+    def issued(self) -> list[str]:
+        """Every token still on record, for tests that prove a token is never leaked."""
+        return list(self._tokens)
+
     def revoke_all(self) -> int:
         count = len(self._tokens)
         self._tokens.clear()

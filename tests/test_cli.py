@@ -1,0 +1,281 @@
+"""The real command line, in subprocesses: check, serve, logs, SIGTERM and memory."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import aiohttp
+import pytest
+
+from proxy import __version__
+from proxy.servers import RunningSimulator
+from tests.rawhttp import RawUpstream, Received, Writer, reply, response_bytes
+
+
+@dataclass
+class Completed:
+    status: int
+    stdout: str
+    stderr: str
+
+
+async def run_cli(*args: str, env: Mapping[str, str] | None = None) -> Completed:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy",
+        *args,
+        env={"PATH": os.environ["PATH"], **(env or {})},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return Completed(process.returncode, out.decode(), err.decode())
+
+
+def simulator_env(simulator: RunningSimulator, **extra: str) -> dict[str, str]:
+    return {
+        "AGENTSYNC_CLIENT_ID": simulator.config.client_id,
+        "AGENTSYNC_CLIENT_SECRET": simulator.config.client_secret,
+        "AGENTSYNC_TOKEN_URL": simulator.token_url,
+        "AGENTSYNC_API_BASE_URL": simulator.url,
+        "AGENTSYNC_SCOPE": "rino_api_agency_read",
+        **extra,
+    }
+
+
+async def test_check_prints_scope_and_expiry_but_never_the_token(
+    agentsync_simulator: RunningSimulator,
+) -> None:
+    result = await run_cli("check", env=simulator_env(agentsync_simulator))
+    assert result.status == 0, result.stderr
+    assert "scope rino_api_agency_read" in result.stdout
+    assert "expires 20" in result.stdout
+    assert agentsync_simulator.state.tokens_issued == 1
+    assert agentsync_simulator.config.client_secret not in result.stdout + result.stderr
+    for token in agentsync_simulator.state.tokens.issued():
+        assert token not in result.stdout + result.stderr
+
+
+async def test_check_with_a_wrong_secret_exits_1_with_one_line(
+    agentsync_simulator: RunningSimulator,
+) -> None:
+    env = simulator_env(agentsync_simulator, AGENTSYNC_CLIENT_SECRET="wrong-secret-value")
+    result = await run_cli("check", env=env)
+    assert result.status == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("agentsync-proxy: token_request_rejected: ")
+    assert "wrong-secret-value" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def test_check_with_bad_configuration_exits_2_listing_every_problem() -> None:
+    result = await run_cli("check", env={"AGENTSYNC_ENVIRONMENT": "test"})
+    assert result.status == 2
+    assert result.stderr.count("\n") == 3  # API base URL, client id, client secret
+    assert "Traceback" not in result.stderr
+
+
+async def test_version() -> None:
+    result = await run_cli("--version")
+    assert (result.status, result.stdout.strip()) == (0, f"agentsync-proxy {__version__}")
+
+
+@dataclass
+class Served:
+    process: asyncio.subprocess.Process
+    url: str
+    port: int
+
+
+@asynccontextmanager
+async def serve(env: Mapping[str, str], port: int) -> AsyncIterator[Served]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy",
+        "serve",
+        env={
+            "PATH": os.environ["PATH"],
+            "AGENTSYNC_PROXY_LISTEN": f"127.0.0.1:{port}",
+            "AGENTSYNC_PROXY_LOG_FORMAT": "json",
+            **env,
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    served = Served(process, f"http://127.0.0.1:{port}", port)
+    try:
+        await until_ready(served.url)
+        yield served
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def until_ready(url: str) -> None:
+    async with asyncio.timeout(20), aiohttp.ClientSession() as session:
+        while True:
+            try:
+                async with session.get(url + "/-/ready") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.02)
+
+
+async def test_sigterm_lets_in_flight_requests_finish_and_exits_0(
+    agentsync_simulator: RunningSimulator, upstream: RawUpstream, unused_tcp_port: int
+) -> None:
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(received: Received, writer: Writer) -> None:
+        arrived.set()
+        await release.wait()
+        await reply(200, b'{"done": true}')(received, writer)
+
+    upstream.responder = slow
+    env = simulator_env(agentsync_simulator, AGENTSYNC_API_BASE_URL=upstream.url)
+    async with serve(env, unused_tcp_port) as proxy, aiohttp.ClientSession() as session:
+        in_flight = asyncio.create_task(session.get(proxy.url + "/v1/slow"))
+        await arrived.wait()
+        proxy.process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            while True:  # new connections are refused once the signal is handled
+                try:
+                    _, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+                    writer.close()
+                    await asyncio.sleep(0.02)
+                except ConnectionRefusedError:
+                    break
+        release.set()
+        response = await in_flight
+        assert response.status == 200
+        assert await response.json() == {"done": True}
+        response.release()
+        assert await asyncio.wait_for(proxy.process.wait(), 30) == 0
+
+
+def peak_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def current_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def test_50_mib_post_is_replayed_identically_with_little_memory(
+    agentsync_simulator: RunningSimulator, upstream: RawUpstream, unused_tcp_port: int
+) -> None:
+    seen: list[str] = []
+
+    async def first_token_refused(received: Received, writer: Writer) -> None:
+        token = received.header("Authorization") or ""
+        seen.append(token)
+        status = 401 if token == seen[0] else 200
+        writer.write(response_bytes(status, b"{}"))
+        await writer.drain()
+
+    upstream.responder = first_token_refused
+    size = 50 * 1024 * 1024
+    block = os.urandom(1024 * 1024)
+    digest = hashlib.sha256(block * 50).hexdigest()
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(50):
+            yield block
+
+    env = simulator_env(agentsync_simulator, AGENTSYNC_API_BASE_URL=upstream.url)
+    async with serve(env, unused_tcp_port) as proxy, aiohttp.ClientSession() as session:
+        baseline = current_rss_kib(proxy.process.pid)
+        async with session.post(
+            proxy.url + "/v1/upload", data=body(), headers={"Content-Length": str(size)}
+        ) as response:
+            assert response.status == 200
+        growth_mib = (peak_rss_kib(proxy.process.pid) - baseline) / 1024
+    first, replay = upstream.received
+    assert first.body_sha256 == replay.body_sha256 == digest
+    assert first.body_size == size
+    assert growth_mib < 16, f"the proxy grew by {growth_mib:.1f} MiB for a 50 MiB body"
+
+
+async def test_logs_never_contain_a_token_or_the_secret(
+    agentsync_simulator: RunningSimulator, upstream: RawUpstream, unused_tcp_port: int
+) -> None:
+    seen: list[str] = []
+
+    async def respond(received: Received, writer: Writer) -> None:
+        token = received.header("Authorization") or ""
+        seen.append(token)
+        if received.target == "/v1/reset":
+            writer.transport.abort()  # an upstream failure, logged with its exception
+            return
+        status = 401 if token == seen[0] else 200
+        writer.write(response_bytes(status, b'{"echo": "%s"}' % token.encode()))
+        await writer.drain()
+
+    upstream.responder = respond
+    env = simulator_env(
+        agentsync_simulator,
+        AGENTSYNC_API_BASE_URL=upstream.url,
+        AGENTSYNC_PROXY_LOG_LEVEL="debug",
+        AGENTSYNC_PROXY_LOG_QUERY="true",
+    )
+    state = agentsync_simulator.state
+    state.token_lifetime = 1.0  # renewed in the background every half second
+    async with serve(env, unused_tcp_port) as proxy, aiohttp.ClientSession() as session:
+        headers = {"Authorization": "Bearer client-own-token-value"}
+        async with session.get(proxy.url + "/v1/replayed?x=1", headers=headers) as response:
+            assert response.status == 200  # replayed with a renewed token
+        async with session.get(proxy.url + "/v1/reset") as response:
+            assert response.status == 502
+        await post(session, agentsync_simulator.url + "/_simulator/faults", {"status": 500})
+        issued = state.tokens_issued
+        async with asyncio.timeout(10):
+            while state.tokens_issued < issued + 1 or state.token_requests < issued + 2:
+                await asyncio.sleep(0.02)
+        proxy.process.send_signal(signal.SIGTERM)
+        out, err = await proxy.process.communicate()
+    logs = (out + err).decode()
+    records = [json.loads(line) for line in logs.splitlines()]
+    events = {record["event"] for record in records}
+    assert {"token_obtained", "token_evicted", "token_request_retry", "request"} <= events
+    failure = next(r for r in records if r["event"] == "upstream_failed")
+    assert failure["exception"][0]["frames"]  # a traceback, rendered without frame locals
+    assert any(r.get("replayed") is True for r in records)
+    tokens = {value.removeprefix("Bearer ") for value in seen if value}
+    tokens |= set(state.tokens.issued())
+    assert len(tokens) >= 3
+    for secret in (*tokens, agentsync_simulator.config.client_secret, "client-own-token-value"):
+        assert secret not in logs
+
+
+async def post(session: aiohttp.ClientSession, url: str, body: object = None) -> None:
+    async with session.post(url, json=body if body is not None else {}) as response:
+        assert response.status == 200, await response.text()
+
+
+@pytest.mark.parametrize("command", ["serve", "check"])
+async def test_unknown_flag_is_a_usage_error(command: str) -> None:
+    result = await run_cli(command, "--no-such-flag")
+    assert result.status == 2
+    assert "unrecognized arguments: --no-such-flag" in result.stderr

@@ -1,0 +1,176 @@
+"""Section 3: precedence of flags, environment, TOML file, environment table and defaults, and
+one clear line per problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from proxy.cli import main
+from proxy.settings import ConfigError, Settings, load_settings
+
+BASE_ENV = {"AGENTSYNC_CLIENT_ID": "id", "AGENTSYNC_CLIENT_SECRET": "env-secret-value"}
+
+
+def problems(flags: dict[str, object], environ: dict[str, str]) -> list[str]:
+    with pytest.raises(ConfigError) as error:
+        load_settings(flags, environ)
+    return error.value.problems
+
+
+def test_defaults_come_from_the_sandbox_row_of_the_environment_table() -> None:
+    settings = load_settings({}, BASE_ENV)
+    assert settings.environment == "sandbox"
+    assert settings.token_url == "https://auth.sandbox.agentsync.io/oauth2/token"
+    assert settings.api_base_url == "https://api.sandbox.agentsync.io"
+    assert str(settings.listen) == "127.0.0.1:8080"
+    assert (settings.refresh_margin, settings.token_requests_per_minute) == (300.0, 20)
+    assert (settings.connect_timeout, settings.upstream_timeout) == (10.0, 60.0)
+    assert settings.max_body_size == 1073741824
+    assert settings.client_auth == "post"
+    assert settings.scope is None
+
+
+def test_production_row() -> None:
+    settings = load_settings({"environment": "production"}, BASE_ENV)
+    assert settings.token_url == "https://auth.agentsync.io/oauth2/token"
+    assert settings.api_base_url == "https://api.agentsync.io"
+
+
+def test_flag_beats_environment_beats_file_beats_table(tmp_path: Path) -> None:
+    config = tmp_path / "proxy.toml"
+    config.write_text(
+        'api_base_url = "https://file.example.com"\n'
+        'scope = "from-file"\n'
+        "refresh_margin = 120\n"
+        'listen = "127.0.0.1:9000"\n'
+    )
+    environ = {
+        **BASE_ENV,
+        "AGENTSYNC_PROXY_CONFIG": str(config),
+        "AGENTSYNC_SCOPE": "from-env",
+        "AGENTSYNC_PROXY_LISTEN": "127.0.0.1:9001",
+    }
+    settings = load_settings({"listen": "127.0.0.1:9002"}, environ)
+    assert str(settings.listen) == "127.0.0.1:9002"  # flag
+    assert settings.scope == "from-env"  # environment over file
+    assert settings.api_base_url == "https://file.example.com"  # file over table
+    assert settings.refresh_margin == 120.0  # file over default
+    assert settings.token_url == "https://auth.sandbox.agentsync.io/oauth2/token"  # table
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    found = problems(
+        {"listen": "nowhere", "environment": "staging", "refresh_margin": "soon"},
+        {"AGENTSYNC_PROXY_WORKERS": "0", "AGENTSYNC_CLIENT_AUTH": "digest"},
+    )
+    joined = "\n".join(found)
+    for expected in (
+        "--listen",
+        "unknown environment 'staging'",
+        "--refresh-margin",
+        "AGENTSYNC_PROXY_WORKERS",
+        "AGENTSYNC_CLIENT_AUTH",
+        "AGENTSYNC_CLIENT_ID: required",
+        "AGENTSYNC_CLIENT_SECRET: required",
+    ):
+        assert expected in joined
+    assert len(found) == 7
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({"AGENTSYNC_ENVIRONMENT": "development"}, "required for the development environment"),
+        ({"AGENTSYNC_API_BASE_URL": "ftp://api.example.com"}, "not an http:// or https:// URL"),
+        ({"AGENTSYNC_API_BASE_URL": "http://api.example.com"}, "must use https://"),
+        ({"AGENTSYNC_TOKEN_URL": "http://auth.example.com/t"}, "must use https://"),
+        ({"AGENTSYNC_API_BASE_URL": "https://auth.agentsync.io"}, "is an auth.* host"),
+        ({"AGENTSYNC_API_BASE_URL": "not a url"}, "AGENTSYNC_API_BASE_URL"),
+        ({"AGENTSYNC_PROXY_LISTEN": "0.0.0.0:8080"}, "--allowed-clients CIDR,... is required"),
+        ({"AGENTSYNC_PROXY_ALLOWED_CLIENTS": "10.0.0.0/33"}, "not an address or CIDR"),
+        ({"AGENTSYNC_PROXY_ALLOWED_ORIGINS": "app.example.com"}, "not an origin"),
+        ({"AGENTSYNC_PROXY_CA_BUNDLE": "/nonexistent/ca.pem"}, "cannot read"),
+        ({"AGENTSYNC_PROXY_MAX_BODY_SIZE": "-1"}, "AGENTSYNC_PROXY_MAX_BODY_SIZE"),
+    ],
+)
+def test_bad_settings_are_named_with_what_to_do(environ: dict[str, str], expected: str) -> None:
+    found = problems({}, {**BASE_ENV, **environ})
+    assert len(found) == 1
+    assert expected in found[0]
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8090", "http://localhost:8090/api", "http://[::1]:8090"]
+)
+def test_plain_http_is_allowed_for_loopback(url: str) -> None:
+    settings = load_settings({"api_base_url": url, "token_url": url + "/oauth2/token"}, BASE_ENV)
+    assert settings.api_base_url == url
+
+
+def test_unreadable_secret_file_is_a_problem() -> None:
+    found = problems({}, {"AGENTSYNC_CLIENT_ID": "id", "AGENTSYNC_CLIENT_SECRET_FILE": "/no/such"})
+    assert found == [
+        "AGENTSYNC_CLIENT_SECRET_FILE: cannot read /no/such (No such file or directory)"
+    ]
+
+
+def test_both_secret_and_secret_file_is_a_problem(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("s")
+    found = problems({}, {**BASE_ENV, "AGENTSYNC_CLIENT_SECRET_FILE": str(secret)})
+    assert found == [
+        "AGENTSYNC_CLIENT_SECRET and AGENTSYNC_CLIENT_SECRET_FILE are both set: keep one"
+    ]
+
+
+def test_secret_file_readable_by_others_gets_a_warning(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("s\n")
+    secret.chmod(0o644)
+    settings = load_settings({"client_secret_file": str(secret)}, {"AGENTSYNC_CLIENT_ID": "id"})
+    assert settings.client_secret.read().reveal() == "s"
+    assert any("readable by other users" in w for w in settings.warnings)
+
+
+def test_bad_toml_file_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "proxy.toml"
+    config.write_text("listen = [unclosed\n")
+    found = problems({"config": str(config)}, BASE_ENV)
+    assert len(found) == 1 and "not valid TOML" in found[0]
+
+
+def test_unknown_and_secret_keys_in_the_file_are_refused(tmp_path: Path) -> None:
+    config = tmp_path / "proxy.toml"
+    config.write_text('client_secret = "x"\nlisten_port = 1\n')
+    found = problems({"config": str(config)}, BASE_ENV)
+    assert any("'client_secret'" in p and "AGENTSYNC_CLIENT_SECRET" in p for p in found)
+    assert any("'listen_port'" in p for p in found)
+
+
+def test_the_example_config_file_is_valid(tmp_path: Path) -> None:
+    example = Path(__file__).parent.parent / "config" / "agentsync-proxy.example.toml"
+    secret = tmp_path / "secret"
+    secret.write_text("s")
+    secret.chmod(0o600)
+    settings = load_settings({"config": str(example), "client_secret_file": str(secret)}, {})
+    assert isinstance(settings, Settings)
+    assert settings.client_id == "your-client-id"
+    assert settings.warnings == ()
+
+
+def test_secret_never_shows_in_settings_repr() -> None:
+    settings = load_settings({}, BASE_ENV)
+    assert "env-secret-value" not in repr(settings)
+    assert "env-secret-value" not in str(settings.client_secret)
+
+
+def test_cli_reports_problems_one_per_line_with_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["serve", "--listen", "bad"], {"AGENTSYNC_ENVIRONMENT": "nope"})
+    err = capsys.readouterr().err
+    assert status == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 4  # listen, environment, client id, client secret
+    assert all(line.startswith("agentsync-proxy: ") for line in lines)
+    assert "Traceback" not in err
