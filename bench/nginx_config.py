@@ -36,25 +36,24 @@ def _http_common(root: Path, name: str) -> str:
 """
 
 
-def upstream_config(root: Path, port: int, download: Path) -> str:
+def upstream_config(root: Path, port: int, download: Path, sink_port: int) -> str:
     """The API stand-in.
 
-    The upload sink: `proxy_pass` (with nginx's default `proxy_request_buffering on`) reads the
-    whole request body (into a temporary file past `client_body_buffer_size`) before it sends
-    anything on; `proxy_pass_request_body off` then sends only the headers to `/_uploaded` on
-    this same server, which answers 204. So the client is answered only once every byte has been
-    read, and the body is then dropped with its temporary file. (`return 204` alone would answer
-    at once and discard the body in the background, so an upload would look done too early.)
+    The upload sink: nginx streams the body (`proxy_request_buffering off`, 1 MiB reads) to
+    `upload_sink.py`, which reads every byte before it answers 204, so an upload is answered
+    only once it has all arrived, and nothing is stored. (`return 204` alone would answer at
+    once and discard the body in the background, so an upload would look done too early; the
+    default buffered `proxy_pass` would first write the whole body to a temporary file.)
     """
-    return f"""{_common(root, "upstream")}
+    return f"""{_common(root, "nginx-upstream")}
 http {{
-    {_http_common(root, "upstream")}
+    {_http_common(root, "nginx-upstream")}
     access_log off;
     sendfile on;
     tcp_nopush on;
-    upstream self {{
-        server 127.0.0.1:{port};
-        keepalive 4;
+    upstream sink {{
+        server 127.0.0.1:{sink_port};
+        keepalive 8;
     }}
     server {{
         listen 127.0.0.1:{port} backlog=4096;
@@ -68,14 +67,11 @@ http {{
         }}
         location = /v1/upload {{
             client_max_body_size 0;
+            client_body_buffer_size 1m;
+            proxy_request_buffering off;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-            proxy_set_header Content-Length "";
-            proxy_pass_request_body off;
-            proxy_pass http://self/_uploaded;
-        }}
-        location = /_uploaded {{
-            return 204;
+            proxy_pass http://sink;
         }}
     }}
 }}
@@ -109,13 +105,18 @@ http {{
 """
 
 
-def write_configs(root: Path, upstream_port: int, proxy_port: int) -> tuple[Path, Path]:
-    """The sparse 1 GiB download file and both config files; returns the configs' paths."""
+def write_configs(
+    root: Path, upstream_port: int, sink_port: int, proxy_port: int
+) -> tuple[Path, Path]:
+    """The sparse 1 GiB download file and both config files; returns the configs' paths.
+    nginx's workers run as nobody, so the folder and the file are made readable to all."""
+    root.chmod(0o755)
     download = root / "download.bin"
     with download.open("wb") as file:
         file.truncate(DOWNLOAD_SIZE)
+    download.chmod(0o644)
     upstream = root / "upstream.conf"
-    upstream.write_text(upstream_config(root, upstream_port, download))
+    upstream.write_text(upstream_config(root, upstream_port, download, sink_port))
     proxy = root / "nginx-proxy.conf"
     proxy.write_text(proxy_config(root, proxy_port, upstream_port))
     return upstream, proxy

@@ -43,10 +43,26 @@ def ensure_tools() -> None:
         subprocess.run(install, env=env, check=True)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def clean_environ(**settings: str) -> dict[str, str]:
+    """This process's environment without AGENTSYNC_* settings or HTTP proxies, plus settings."""
+    kept = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("AGENTSYNC_") and not name.lower().endswith("_proxy")
+    }
+    return {**kept, **settings}
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports: all are held open until all are chosen."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 class Processes:
@@ -59,15 +75,21 @@ class Processes:
     def start(
         self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
+        """Start argv with its output in log_dir/NAME.log; env, when given, is the whole
+        environment."""
         log = (self.log_dir / f"{name}.log").open("ab")
-        process = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=None if env is None else {**os.environ, **env},
-            start_new_session=True,  # Ctrl-C reaches only the benchmark, which stops these
-        )
+        try:
+            process = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=None if env is None else dict(env),
+                start_new_session=True,  # Ctrl-C reaches only the benchmark, which stops these
+            )
+        except BaseException:
+            log.close()
+            raise
         self._running.append((process, log))
         return process
 

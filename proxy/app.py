@@ -14,7 +14,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from proxy import forwarding, guard
+from proxy import forwarding, guard, operations
 from proxy.access import Exchange
 from proxy.body import CapturedBody, too_large_description
 from proxy.errors import (
@@ -23,20 +23,14 @@ from proxy.errors import (
     error_response,
     upstream_failure,
 )
+from proxy.keys import METRICS, SESSION, SETTINGS, SHUTTING_DOWN, TOKENS, UPSTREAM
 from proxy.metrics import Metrics
 from proxy.replay import send_with_replay
 from proxy.settings import Settings
 from proxy.token_endpoint import TokenEndpoint
 from proxy.tokens import TokenFetcher, TokenSource
 
-SETTINGS = web.AppKey("settings", Settings)
-TOKENS = web.AppKey("tokens", TokenSource)
-UPSTREAM = web.AppKey("upstream", forwarding.Upstream)
-SESSION = web.AppKey("session", aiohttp.ClientSession)
 log = structlog.get_logger("proxy")
-
-METRICS = web.AppKey("metrics", Metrics)
-SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext:
@@ -124,38 +118,9 @@ def create_app(
 
     app.cleanup_ctx.append(resources)
     app.on_shutdown.append(on_shutdown)
-    app.router.add_get("/-/healthy", healthy)
-    app.router.add_get("/-/ready", ready)
-    app.router.add_get("/-/metrics", metrics_endpoint)
-    app.router.add_route("*", "/-/{rest:.*}", not_found)
+    operations.add_routes(app)
     app.router.add_route("*", "/{tail:.*}", forward, expect_handler=expect_body)
     return app
-
-
-async def healthy(request: web.Request) -> web.Response:
-    return web.json_response({"status": "healthy"})
-
-
-async def ready(request: web.Request) -> web.Response:
-    if request.app[SHUTTING_DOWN].is_set():
-        return web.json_response({"status": "not ready", "reason": "shutting down"}, status=503)
-    if request.app[TOKENS].valid_token() is None:
-        return web.json_response({"status": "not ready", "reason": "no valid token"}, status=503)
-    return web.json_response({"status": "ready"})
-
-
-async def metrics_endpoint(request: web.Request) -> web.Response:
-    return web.Response(
-        body=request.app[METRICS].render(),
-        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
-    )
-
-
-async def not_found(request: web.Request) -> web.Response:
-    return web.json_response(
-        {"error": "not_found", "error_description": "paths under /-/ belong to the proxy"},
-        status=404,
-    )
 
 
 async def expect_body(request: web.Request) -> None:

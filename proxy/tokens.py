@@ -93,6 +93,11 @@ class TokenSource:
         self._failure: _Failure | None = None
         self._inflight: asyncio.Task[Token] | None = None
 
+    @property
+    def last_error(self) -> TokenError | None:
+        """Why the last token request failed, while that is remembered."""
+        return self._failure.error if self._failure is not None else None
+
     def seconds_left(self) -> float:
         token = self.valid_token()
         return max(0.0, token.expires_at - self.clock()) if token is not None else 0.0

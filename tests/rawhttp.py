@@ -159,8 +159,10 @@ async def raw_request(port: int, data: bytes, *, head: bool = False) -> RawRespo
         writer.write(data)
         await writer.drain()
         status_line, headers = await read_head(reader)
-        body = b"" if head else await _read_response_body(reader, headers)
-        return RawResponse(int(status_line.split(" ")[1]), headers, body)
+        status = int(status_line.split(" ")[1])
+        no_body = head or status in (204, 304) or 100 <= status < 200
+        body = b"" if no_body else await _read_response_body(reader, headers)
+        return RawResponse(status, headers, body)
     finally:
         writer.close()
 

@@ -12,8 +12,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy.app import METRICS
 from proxy.credentials import ClientSecret, Secret
+from proxy.keys import METRICS
 from proxy.servers import RunningProxy, RunningSimulator
 from tests.conftest import ProxyFactory
 from tests.rawhttp import RawUpstream, reply

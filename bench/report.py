@@ -1,0 +1,169 @@
+"""The results of one run and their markdown rendering: one table, agentsync-proxy beside a
+direct connection, nginx and a plain aiohttp proxy, with ratios taken within the run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from burst import BurstResult
+from load import LoadResult
+from transfers import Transfer
+
+DIRECT, NGINX, PLAIN, AGENTSYNC = "direct", "nginx proxy", "plain aiohttp proxy", "agentsync-proxy"
+TARGETS = (DIRECT, NGINX, PLAIN, AGENTSYNC)
+COMPARED = (DIRECT, NGINX, PLAIN)  # what agentsync-proxy is divided by
+DASH = "-"
+
+
+@dataclass
+class Results:
+    machine: list[str]
+    settings: list[str]
+    load: dict[tuple[str, int], LoadResult] = field(default_factory=dict)  # (target, connections)
+    transfers: dict[tuple[str, str], Transfer] = field(default_factory=dict)  # (kind, target)
+    peak_rss_kib: dict[str, int] = field(default_factory=dict)  # kind -> agentsync-proxy's peak
+    idle_rss_kib: int = 0
+    ready_s: float = 0.0
+    token_requests_steady: int = 0
+    access_log_lines: int = 0
+    burst: BurstResult | None = None
+    burst_token_requests: int = 0
+    burst_port_open_s: float = 0.0
+
+
+def latency(seconds: float) -> str:
+    if abs(seconds) < 1e-3:
+        return f"{seconds * 1e6:.0f} µs"
+    if abs(seconds) < 1:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.2f} s"
+
+
+def added(seconds: float) -> str:
+    return ("+" if seconds >= 0 else "-") + latency(abs(seconds))
+
+
+def ratio(value: float, base: float) -> str:
+    """value / base; a dash where either is not positive (an added latency lost in the noise)."""
+    return f"{value / base:.2f}x" if base > 0 and value >= 0 else DASH
+
+
+def mebibytes(kib: int) -> str:
+    return f"{kib / 1024:.0f} MiB"
+
+
+def _row(label: str, cells: list[str]) -> str:
+    return "| " + " | ".join([label, *cells]) + " |"
+
+
+def _p50(run: LoadResult) -> float:
+    return run.p50_s
+
+
+def _p99(run: LoadResult) -> float:
+    return run.p99_s
+
+
+def _load_rows(results: Results, connections: int) -> list[str]:
+    runs = {target: results.load[target, connections] for target in TARGETS}
+    ours = runs[AGENTSYNC]
+    per = f"{connections} connection{'s' if connections > 1 else ''}"
+
+    def rate(run: LoadResult) -> str:
+        text = f"{run.requests_per_s:,.0f}"
+        return text + (f" ({run.errors:,} errors)" if run.errors else "")
+
+    rows = [
+        _row(
+            f"requests/s, {per}",
+            [rate(runs[t]) for t in TARGETS]
+            + [ratio(ours.requests_per_s, runs[t].requests_per_s) for t in COMPARED],
+        )
+    ]
+    for name, pick in (("p50", _p50), ("p99", _p99)):
+        rows.append(
+            _row(
+                f"{name} latency, {per}",
+                [latency(pick(runs[t])) for t in TARGETS]
+                + [ratio(pick(ours), pick(runs[t])) for t in COMPARED],
+            )
+        )
+        if connections == 1:
+            extra = {t: pick(runs[t]) - pick(runs[DIRECT]) for t in TARGETS}
+            rows.append(
+                _row(
+                    f"{name} added over direct, {per}",
+                    [DASH]
+                    + [added(extra[t]) for t in TARGETS[1:]]
+                    + [DASH]
+                    + [ratio(extra[AGENTSYNC], extra[t]) for t in (NGINX, PLAIN)],
+                )
+            )
+    return rows
+
+
+def _transfer_rows(results: Results) -> list[str]:
+    rows = []
+    for kind in ("download", "upload"):
+        direct, ours = results.transfers[kind, DIRECT], results.transfers[kind, AGENTSYNC]
+        rows.append(
+            _row(
+                f"1 GiB {kind}, MiB/s",
+                [
+                    f"{direct.mib_per_s:,.0f}",
+                    DASH,
+                    DASH,
+                    f"{ours.mib_per_s:,.0f}",
+                    ratio(ours.mib_per_s, direct.mib_per_s),
+                    DASH,
+                    DASH,
+                ],
+            )
+        )
+    for kind in ("download", "upload"):
+        rss = mebibytes(results.peak_rss_kib[kind])
+        rows.append(_row(f"peak RSS during the 1 GiB {kind}", [DASH] * 3 + [rss] + [DASH] * 3))
+    return rows
+
+
+def _startup_rows(results: Results) -> list[str]:
+    burst = results.burst
+    assert burst is not None
+    outcomes = ", ".join(f"{n:,} x {outcome}" for outcome, n in burst.outcomes.most_common())
+    only_ours = [
+        ("launch to `/-/ready` 200", latency(results.ready_s)),
+        ("idle RSS after start", mebibytes(results.idle_rss_kib)),
+        ("token requests, whole steady-state run", f"{results.token_requests_steady:,}"),
+        ("access log lines written, steady-state run", f"{results.access_log_lines:,}"),
+        ("cold burst: launch to port open", latency(results.burst_port_open_s)),
+        (f"cold burst: {sum(burst.outcomes.values()):,} concurrent GETs, answers", outcomes),
+        ("cold burst: token requests", f"{results.burst_token_requests:,}"),
+        (
+            "cold burst: p50 / p99 / max latency",
+            " / ".join(latency(s) for s in (burst.p50_s, burst.p99_s, burst.max_s)),
+        ),
+    ]
+    return [_row(label, [DASH] * 3 + [value] + [DASH] * 3) for label, value in only_ours]
+
+
+def render(results: Results) -> str:
+    header = _row("", [*TARGETS, *(f"agentsync-proxy ÷ {t}" for t in COMPARED)])
+    rows = [
+        header,
+        _row("---", ["--:"] * 7),
+        *_load_rows(results, 1),
+        *_load_rows(results, 32),
+        *_transfer_rows(results),
+        *_startup_rows(results),
+    ]
+    lines = [
+        "# agentsync-proxy benchmark",
+        "",
+        *(f"- {line}" for line in results.machine),
+        "",
+        *rows,
+        "",
+        *(f"- {line}" for line in results.settings),
+        "",
+    ]
+    return "\n".join(lines)

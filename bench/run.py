@@ -1,0 +1,207 @@
+"""`make bench`: agentsync-proxy against a direct connection, nginx and a plain aiohttp proxy, in
+one run on loopback; prints a markdown table and writes it to bench/results.md.
+
+Usage: .venv/bin/python bench/run.py [--seconds 10] [--burst 1000] [--transfers 3]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import partial
+from importlib import metadata
+from pathlib import Path
+
+import burst
+import load
+import nginx_config
+import processes
+import report
+import servers
+import transfers
+from processes import PeakRss, Processes, status_kib
+from report import AGENTSYNC, DIRECT, NGINX, PLAIN, Results
+from servers import url
+
+RESULTS_FILE = servers.BENCH_DIR / "results.md"
+WARM_UP_SECONDS = 2
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--seconds", type=int, default=10, help="each wrk run (default 10)")
+    parser.add_argument("--burst", type=int, default=1000, help="cold-start burst size")
+    parser.add_argument("--transfers", type=int, default=3, help="runs of each 1 GiB transfer")
+    return parser.parse_args()
+
+
+def machine() -> list[str]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return [
+        f"machine: {os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}",
+        f"Python {platform.python_version()}, aiohttp {metadata.version('aiohttp')},"
+        f" agentsync-proxy {metadata.version('agentsync-proxy')}",
+        f"command: `make bench` (`{os.path.relpath(sys.executable)} bench/run.py"
+        f"{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`),"
+        f" {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+    ]
+
+
+def settings(args: argparse.Namespace) -> list[str]:
+    return [
+        f"`GET /v1/small` ({len(nginx_config.SMALL_BODY)}-byte JSON) with wrk"
+        f" `--latency`: {args.seconds} s a run after a {WARM_UP_SECONDS} s warm-up,"
+        " 1 thread at 1 connection, 2 threads at 32.",
+        "Ratios are agentsync-proxy's value divided by the column's: below 1x is fewer"
+        " requests/s or less throughput; above 1x is more latency.",
+        "Everything runs on the same CPUs over loopback: wrk, both nginx, the proxies. p99 at"
+        " 1 connection and the 1 GiB rates move from run to run with the machine's other load"
+        " (tens of percent on a shared VM); p50 and requests/s are the steadier figures.",
+        "Upstream: nginx, 1 worker. nginx proxy: 1 worker, `Authorization: Bearer static`,"
+        " keep-alive upstream pool, access log to a file. Plain aiohttp proxy:"
+        " bench/plain_proxy.py, no logging. agentsync-proxy: `agentsync-proxy serve`,"
+        " JSON access log to a file, token from `agentsync-proxy simulator`.",
+        "Upload sink: nginx streams the body (`proxy_request_buffering off`) to"
+        " bench/upload_sink.py, which reads every byte before it answers 204.",
+        f"1 GiB transfers with curl (median of {args.transfers}); peak RSS is the proxy's"
+        " VmHWM, reset before each transfer, and a 10 ms VmRSS poll.",
+        f"Cold burst: a fresh simulator and proxy; {args.burst:,} GETs (aiohttp, one connection"
+        " each) fired as soon as the port accepts; latency counted from the burst's start.",
+    ]
+
+
+def measure_load(results: Results, targets: dict[str, int], seconds: int) -> None:
+    for target, port in targets.items():
+        target_url = url(port, "/v1/small")
+        print(f"wrk: {target}", flush=True)
+        load.run_wrk(target_url, 32, WARM_UP_SECONDS)
+        for connections in (1, 32):
+            results.load[target, connections] = load.run_wrk(target_url, connections, seconds)
+
+
+def _median_transfer(runs: int, one: Callable[[], transfers.Transfer]) -> transfers.Transfer:
+    """The median of `runs` timed transfers, after one untimed (the first read of the sparse
+    file fills the page cache; the proxy opens its pooled connection)."""
+    done = [one() for _ in range(runs + 1)][1:]
+    for transfer in done:
+        if transfer.status >= 300 or transfer.size != transfers.MIB * 1024:
+            raise RuntimeError(f"a 1 GiB transfer failed: {transfer}")
+    return sorted(done, key=lambda t: t.seconds)[len(done) // 2]
+
+
+def measure_transfers(
+    results: Results, upstream: servers.Upstream, proxy_port: int, proxy_pid: int, runs: int
+) -> None:
+    for target, port in ((DIRECT, upstream.port), (AGENTSYNC, proxy_port)):
+        print(f"1 GiB transfers: {target}", flush=True)
+        with PeakRss(proxy_pid) as download_rss:
+            download = partial(transfers.download, url(port, "/v1/download"))
+            results.transfers["download", target] = _median_transfer(runs, download)
+        with PeakRss(proxy_pid) as upload_rss:
+            upload = partial(transfers.upload, url(port, "/v1/upload"), upstream.upload_file)
+            results.transfers["upload", target] = _median_transfer(runs, upload)
+        if target == AGENTSYNC:
+            results.peak_rss_kib["download"] = download_rss.peak_kib
+            results.peak_rss_kib["upload"] = upload_rss.peak_kib
+
+
+def token_requests(simulator_port: int) -> int:
+    status, body = processes.http_get(simulator_port, "/_simulator/stats")
+    if status != 200:
+        raise RuntimeError(f"the simulator's stats answered {status}")
+    return int(json.loads(body)["token_requests"])
+
+
+def measure_cold_burst(results: Results, procs: Processes, upstream_port: int, count: int) -> None:
+    """A fresh simulator and proxy; the burst starts the moment the proxy's port is open."""
+    print(f"cold-start burst of {count:,}", flush=True)
+    simulator_port = servers.start_simulator(procs, "burst-simulator")
+    started = time.perf_counter()
+    proxy, port = servers.launch_agentsync_proxy(
+        procs, "burst-agentsync-proxy", simulator_port, upstream_port
+    )
+    try:
+        processes.wait_for_port(port, proxy, "the burst's agentsync-proxy")
+        results.burst_port_open_s = time.perf_counter() - started
+        results.burst = burst.fire(url(port, "/v1/small"), count)
+        results.burst_token_requests = token_requests(simulator_port)
+    finally:
+        procs.stop(proxy)
+
+
+def access_log_lines(log: Path) -> int:
+    with log.open("rb") as file:
+        return sum(1 for line in file if b'"event": "request"' in line)
+
+
+def run(args: argparse.Namespace, procs: Processes, root: Path) -> Results:
+    results = Results(machine=machine(), settings=settings(args))
+    upstream = servers.start_upstream(procs, root)
+    plain_port = servers.start_plain_proxy(procs, upstream.port)
+    simulator_port = servers.start_simulator(procs, "simulator")
+    started = time.perf_counter()
+    proxy, proxy_port = servers.launch_agentsync_proxy(
+        procs, "agentsync-proxy", simulator_port, upstream.port
+    )
+    processes.wait_for_ok(proxy_port, "/-/ready", proxy, "agentsync-proxy")
+    results.ready_s = time.perf_counter() - started
+    time.sleep(1)
+    results.idle_rss_kib = status_kib(proxy.pid, "VmRSS")
+
+    targets = {
+        DIRECT: upstream.port,
+        NGINX: upstream.nginx_proxy_port,
+        PLAIN: plain_port,
+        AGENTSYNC: proxy_port,
+    }
+    measure_load(results, targets, args.seconds)
+    measure_transfers(results, upstream, proxy_port, proxy.pid, args.transfers)
+    results.token_requests_steady = token_requests(simulator_port)
+    procs.stop(proxy)
+    results.access_log_lines = access_log_lines(root / "agentsync-proxy.log")
+    measure_cold_burst(results, procs, upstream.port, args.burst)
+    return results
+
+
+def show_logs(root: Path) -> None:
+    """The last lines of every server's log, to explain a failed run."""
+    for log in sorted(root.glob("*.log")):
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        print(f"--- {log.name}", *tail, sep="\n", file=sys.stderr)
+
+
+def main() -> int:
+    args = parse_args()
+    processes.ensure_tools()
+    root = Path(tempfile.mkdtemp(prefix="agentsync-bench-"))
+    try:
+        with Processes(root) as procs:
+            results = run(args, procs, root)
+    except BaseException:
+        show_logs(root)
+        raise
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    text = report.render(results)
+    print(text)
+    RESULTS_FILE.write_text(text)
+    print(f"written to {RESULTS_FILE}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+"""Typed keys of the proxy application's state."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from aiohttp import web
+
+from proxy.forwarding import Upstream
+from proxy.metrics import Metrics
+from proxy.settings import Settings
+from proxy.tokens import TokenSource
+
+SETTINGS = web.AppKey("settings", Settings)
+TOKENS = web.AppKey("tokens", TokenSource)
+UPSTREAM = web.AppKey("upstream", Upstream)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+METRICS = web.AppKey("metrics", Metrics)
+SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)

@@ -1,0 +1,73 @@
+"""The operations endpoints under /-/: liveness, readiness and metrics. Never forwarded."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from proxy.keys import METRICS, SETTINGS, SHUTTING_DOWN, TOKENS
+
+log = structlog.get_logger("proxy.access")
+Probe = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def logged(handler: Probe) -> Probe:
+    """Probes are left out of the access log unless --log-probes is set."""
+
+    async def probe(request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        response = await handler(request)
+        if request.app[SETTINGS].log_probes:
+            log.info(
+                "request",
+                method=request.method,
+                path=request.raw_path,
+                status=response.status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                client=request.remote,
+            )
+        return response
+
+    return probe
+
+
+@logged
+async def healthy(request: web.Request) -> web.Response:
+    return web.json_response({"status": "healthy"})
+
+
+@logged
+async def ready(request: web.Request) -> web.Response:
+    if request.app[SHUTTING_DOWN].is_set():
+        return web.json_response({"status": "not ready", "reason": "shutting down"}, status=503)
+    tokens = request.app[TOKENS]
+    if tokens.valid_token() is None:
+        error = tokens.last_error
+        reason = f"no valid token ({error.code}: {error.description})" if error else "no token yet"
+        return web.json_response({"status": "not ready", "reason": reason}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+@logged
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(
+        body=request.app[METRICS].render(),
+        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+    )
+
+
+async def not_found(request: web.Request) -> web.Response:
+    return web.json_response(
+        {"error": "not_found", "error_description": "paths under /-/ belong to the proxy"},
+        status=404,
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/-/healthy", healthy)
+    app.router.add_get("/-/ready", ready)
+    app.router.add_get("/-/metrics", metrics)
+    app.router.add_route("*", "/-/{rest:.*}", not_found)
