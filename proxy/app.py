@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import structlog
 from aiohttp import web
 
-from proxy import forwarding, guard, operations
+from proxy import clients, forwarding, guard, operations
 from proxy.access import Exchange
 from proxy.body import CapturedBody, too_large_description
 from proxy.errors import (
@@ -27,31 +26,9 @@ from proxy.keys import METRICS, SESSION, SETTINGS, SHUTTING_DOWN, TOKENS, UPSTRE
 from proxy.metrics import Metrics
 from proxy.replay import send_with_replay
 from proxy.settings import Settings
-from proxy.token_endpoint import TokenEndpoint
 from proxy.tokens import TokenFetcher, TokenSource
 
 log = structlog.get_logger("proxy")
-
-
-def ssl_context(settings: Settings) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    if settings.ca_bundle is not None:
-        context.load_verify_locations(cafile=str(settings.ca_bundle))
-    return context
-
-
-def token_endpoint(session: aiohttp.ClientSession, settings: Settings) -> TokenEndpoint:
-    return TokenEndpoint(
-        session=session,
-        url=settings.token_url,
-        client_id=settings.client_id,
-        client_secret=settings.client_secret,
-        environment=settings.environment,
-        scope=settings.scope,
-        client_auth=settings.client_auth,
-        default_lifetime=settings.default_token_lifetime,
-        timeout=settings.token_timeout,
-    )
 
 
 def create_app(
@@ -68,29 +45,12 @@ def create_app(
     app[METRICS] = metrics = Metrics()
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        context = ssl_context(settings)
-        upstream_session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, ssl=context, keepalive_timeout=30),
-            timeout=aiohttp.ClientTimeout(
-                total=None,
-                sock_connect=settings.connect_timeout,
-                sock_read=settings.upstream_timeout,
-            ),
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
-            trust_env=True,
-        )
-        token_session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=4, ssl=context),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout),
-            trust_env=True,
-        )
+        upstream = clients.upstream_session(settings)
+        token_session = clients.token_session(settings)
         fetcher: TokenFetcher = (
             token_fetcher(token_session)
             if token_fetcher is not None
-            else token_endpoint(token_session, settings)
+            else clients.token_endpoint(token_session, settings)
         )
         tokens = TokenSource(
             fetcher,
@@ -100,7 +60,7 @@ def create_app(
             on_attempt=metrics.token_attempt,
             **(token_source_options or {}),  # type: ignore[arg-type]
         )
-        app[SESSION] = upstream_session
+        app[SESSION] = upstream
         app[TOKENS] = tokens
         metrics.track_token_expiry(tokens.seconds_left)
         refresher = asyncio.get_running_loop().create_task(tokens.run())
@@ -110,7 +70,7 @@ def create_app(
             refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
-            await upstream_session.close()
+            await upstream.close()
             await token_session.close()
 
     async def on_shutdown(app: web.Application) -> None:
@@ -137,7 +97,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings = app[SETTINGS]
     exchange = Exchange(
-        request_id=request.headers.get("X-Request-Id") or uuid.uuid4().hex,
+        request_id=request.headers.get("X-Request-Id") or os.urandom(16).hex(),
         method=request.method,
         target=request.raw_path,
         client=request.remote,
@@ -184,6 +144,10 @@ async def forward(request: web.Request) -> web.StreamResponse:
     except ProxyError as error:
         exchange.status, exchange.error = error.status, error.code
         return error_response(error, exchange.request_id)
+    except ConnectionError:
+        # The client went away; 499 is what the access log calls it (nginx's convention).
+        exchange.status, exchange.error = 499, "client_disconnected"
+        return web.Response(status=499)
     except Exception:
         log.exception("request_failed", request_id=exchange.request_id)
         exchange.status, exchange.error = 500, "internal_error"

@@ -9,12 +9,11 @@ import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
-import aiohttp
 import structlog
 from aiohttp import web
 
-from proxy import __version__, demo, logs
-from proxy.app import create_app, ssl_context, token_endpoint
+from proxy import __version__, clients, demo, logs
+from proxy.app import create_app
 from proxy.errors import TokenError
 from proxy.settings import OPTIONS, ConfigError, Settings, load_settings
 from proxy.tokens import TokenSource
@@ -78,6 +77,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 def serve(settings: Settings) -> int:
     log = structlog.get_logger("proxy")
+    use_uvloop()
     app = create_app(settings)
     log.info(
         "listening",
@@ -94,8 +94,18 @@ def serve(settings: Settings) -> int:
         print=None,
         shutdown_timeout=settings.shutdown_timeout,
         reuse_port=settings.workers > 1 or None,
+        backlog=2048,  # a burst of new connections must not overflow the accept queue
     )
     return EXIT_OK
+
+
+def use_uvloop() -> None:
+    """uvloop's event loop where it is installed: its I/O path is several times faster."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def check(settings: Settings) -> int:
@@ -104,12 +114,8 @@ def check(settings: Settings) -> int:
 
 
 async def _check(settings: Settings) -> int:
-    async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=ssl_context(settings)),
-        cookie_jar=aiohttp.DummyCookieJar(),
-        trust_env=True,
-    ) as session:
-        endpoint = token_endpoint(session, settings)
+    async with clients.token_session(settings) as session:
+        endpoint = clients.token_endpoint(session, settings)
         source = TokenSource(endpoint, requests_per_minute=settings.token_requests_per_minute)
         try:
             token = await source.token()

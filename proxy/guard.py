@@ -43,8 +43,13 @@ class Policy:
         return address is None or _client_allowed(self.clients, address)
 
     def host_allowed(self, host_header: str) -> bool:
-        host = _host_name(host_header)
-        return is_loopback_host(host) or host in self.hosts
+        return _host_allowed(self.hosts, host_header)
+
+
+@lru_cache(maxsize=4096)
+def _host_allowed(hosts: frozenset[str], host_header: str) -> bool:
+    host = _host_name(host_header)
+    return is_loopback_host(host) or host in hosts
 
 
 @lru_cache(maxsize=4096)

@@ -8,6 +8,7 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any
 
+import orjson
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 
@@ -27,6 +28,10 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
     return event
 
 
+def _dumps(event: Any, **_: Any) -> str:
+    return orjson.dumps(event, default=repr).decode()
+
+
 def processors(log_format: str) -> tuple[list[Any], Any]:
     """The processor chain (ending in redaction) and the renderer for a format."""
     chain: list[Any] = [
@@ -40,7 +45,7 @@ def processors(log_format: str) -> tuple[list[Any], Any]:
         chain.append(
             structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False))
         )
-        renderer = structlog.processors.JSONRenderer()
+        renderer = structlog.processors.JSONRenderer(serializer=_dumps)
     else:
         renderer = structlog.dev.ConsoleRenderer(
             colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback

@@ -18,6 +18,7 @@ from proxy.replay import send_with_replay
 from proxy.servers import RunningSimulator, running_proxy, settings_for
 from proxy.token_endpoint import Token
 from tests.conftest import ProxyFactory
+from tests.leaks import temporary_files
 from tests.rawhttp import RawUpstream, Received, Writer, reply, response_bytes
 
 
@@ -106,24 +107,12 @@ async def test_100_concurrent_401s_with_one_token_share_one_renewal(
     assert state.api_calls["200"] == 101
 
 
-def open_temporary_files() -> list[str]:
-    names = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("/tmp/") or "(deleted)" in target:
-            names.append(target)
-    return names
-
-
 async def test_large_body_is_spooled_replayed_from_disk_and_removed(
     make_proxy: ProxyFactory, upstream: RawUpstream
 ) -> None:
     reject_first_token(upstream)
     proxy = await make_proxy(spool_threshold=16 * 1024)
-    before = open_temporary_files()
+    before = temporary_files()
     body = os.urandom(3 * 1024 * 1024 + 7)
     async with (
         aiohttp.ClientSession() as session,
@@ -133,7 +122,7 @@ async def test_large_body_is_spooled_replayed_from_disk_and_removed(
     first, replay = upstream.received
     assert first.body_sha256 == replay.body_sha256 == hashlib.sha256(body).hexdigest()
     assert replay.all("Content-Length") == [str(len(body))]
-    assert open_temporary_files() == before
+    assert temporary_files() == before
 
 
 async def test_body_over_the_maximum_gets_413_and_nothing_is_forwarded(

@@ -1,0 +1,68 @@
+"""The proxy's two HTTP clients, one for the API and one for the token endpoint, each a single
+pooled session for the life of the process."""
+
+from __future__ import annotations
+
+import ssl
+import urllib.request
+
+import aiohttp
+from yarl import URL
+
+from proxy.settings import Settings
+from proxy.token_endpoint import TokenEndpoint
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext:
+    """The system's CAs, plus --ca-bundle's; certificates and host names are always verified."""
+    context = ssl.create_default_context()
+    if settings.ca_bundle is not None:
+        context.load_verify_locations(cafile=str(settings.ca_bundle))
+    return context
+
+
+def env_proxy(url: str) -> str | None:
+    """The egress proxy for `url` from HTTPS_PROXY / HTTP_PROXY / NO_PROXY, looked up once.
+
+    aiohttp's trust_env would look it up (and read ~/.netrc) in a thread on every request."""
+    parsed = URL(url)
+    proxies = urllib.request.getproxies_environment()
+    if parsed.host is None or urllib.request.proxy_bypass(parsed.host):
+        return None
+    return proxies.get(parsed.scheme)
+
+
+def upstream_session(settings: Settings) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, ssl=ssl_context(settings), keepalive_timeout=30),
+        timeout=aiohttp.ClientTimeout(
+            total=None, sock_connect=settings.connect_timeout, sock_read=settings.upstream_timeout
+        ),
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+        proxy=env_proxy(settings.api_base_url),
+    )
+
+
+def token_session(settings: Settings) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=4, ssl=ssl_context(settings)),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        proxy=env_proxy(settings.token_url),
+    )
+
+
+def token_endpoint(session: aiohttp.ClientSession, settings: Settings) -> TokenEndpoint:
+    return TokenEndpoint(
+        session=session,
+        url=settings.token_url,
+        client_id=settings.client_id,
+        client_secret=settings.client_secret,
+        environment=settings.environment,
+        scope=settings.scope,
+        client_auth=settings.client_auth,
+        default_lifetime=settings.default_token_lifetime,
+        timeout=settings.token_timeout,
+    )

@@ -1,0 +1,194 @@
+"""The fault matrix: each way the token endpoint, the upstream or a client can fail, what the
+client receives, what the log says, and that nothing is leaked afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+import structlog
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from proxy.keys import METRICS
+from proxy.servers import RunningProxy
+from tests.conftest import ProxyFactory
+from tests.leaks import temporary_files
+from tests.rawhttp import RawUpstream, Received, Writer
+
+ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
+Behaviour = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def settled(proxy: RunningProxy) -> None:
+    """Wait until the proxy has no request in flight (nothing announces it)."""
+    registry = proxy.app[METRICS].registry
+    async with asyncio.timeout(10):
+        while registry.get_sample_value("agentsync_proxy_requests_in_flight"):
+            await asyncio.sleep(0.01)
+
+
+async def get(proxy: RunningProxy, path: str = "/v1/x") -> tuple[int, dict[str, Any], str]:
+    async with aiohttp.ClientSession() as session, session.get(proxy.url + path) as response:
+        body = await response.json() if response.content_type == "application/json" else {}
+        return response.status, body, response.headers.get("Retry-After", "")
+
+
+@pytest.fixture
+def logs() -> Any:
+    with structlog.testing.capture_logs() as captured:
+        yield captured
+
+
+def token_app(behaviour: Behaviour) -> web.Application:
+    app = web.Application()
+    app.router.add_post("/oauth2/token", behaviour)
+    return app
+
+
+async def hang(request: web.Request) -> web.StreamResponse:
+    await asyncio.Event().wait()
+    raise AssertionError("unreachable")
+
+
+async def status_500(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"error": "server_error"}, status=500)
+
+
+async def not_json(request: web.Request) -> web.StreamResponse:
+    return web.Response(text="<html>maintenance</html>", content_type="text/html")
+
+
+async def no_access_token(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"token_type": "Bearer", "expires_in": 3600})
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "logged"),
+    [
+        (hang, "token endpoint has not answered within --token-timeout"),
+        (status_500, "answered 500"),
+        (not_json, "not JSON"),
+        (no_access_token, "without an access_token"),
+    ],
+)
+async def test_token_endpoint_fault_gives_503_token_unavailable(
+    make_proxy: ProxyFactory,
+    upstream: RawUpstream,
+    aiohttp_server: ServerFactory,
+    logs: list[dict[str, Any]],
+    behaviour: Behaviour,
+    logged: str,
+) -> None:
+    server = await aiohttp_server(token_app(behaviour))
+    proxy = await make_proxy(token_url=str(server.make_url("/oauth2/token")), token_timeout=0.5)
+    status, body, retry_after = await get(proxy)
+    assert (status, body["error"]) == (503, "token_unavailable")
+    assert int(retry_after) >= 1
+    assert upstream.received == []
+    messages = " ".join(str(entry) for entry in logs)
+    assert logged in messages or logged in body["error_description"]
+
+
+async def test_token_endpoint_429_with_retry_after_is_waited_out(
+    agentsync_simulator: Any, make_proxy: ProxyFactory, upstream: RawUpstream
+) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            agentsync_simulator.url + "/_simulator/faults", json={"status": 429, "count": 1}
+        ) as response,
+    ):
+        assert response.status == 200
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    proxy = await make_proxy()
+    status, _, _ = await get(proxy)
+    assert status == 200
+    assert loop.time() - started >= 1.0  # the simulator said Retry-After: 1
+    assert agentsync_simulator.state.token_requests == 2
+
+
+async def test_upstream_refusing_connections_gives_502(
+    make_proxy: ProxyFactory, unused_tcp_port: int, logs: list[dict[str, Any]]
+) -> None:
+    proxy = await make_proxy(api_base_url=f"http://127.0.0.1:{unused_tcp_port}")
+    status, body, _ = await get(proxy)
+    assert (status, body["error"]) == (502, "upstream_unreachable")
+    assert any(entry["event"] == "upstream_failed" for entry in logs)
+
+
+async def test_upstream_hanging_gives_504_after_the_upstream_timeout(
+    make_proxy: ProxyFactory, upstream: RawUpstream
+) -> None:
+    async def silent(received: Received, writer: Writer) -> None:
+        await asyncio.Event().wait()
+
+    upstream.responder = silent
+    proxy = await make_proxy(upstream_timeout=0.3)
+    status, body, _ = await get(proxy)
+    assert (status, body["error"]) == (504, "upstream_timeout")
+    assert "--upstream-timeout" in body["error_description"]
+
+
+async def test_upstream_closing_before_answering_gives_502(
+    make_proxy: ProxyFactory, upstream: RawUpstream
+) -> None:
+    async def reset(received: Received, writer: Writer) -> None:
+        writer.transport.abort()
+
+    upstream.responder = reset
+    proxy = await make_proxy()
+    status, body, _ = await get(proxy)
+    assert (status, body["error"]) == (502, "upstream_unreachable")
+
+
+async def test_client_disconnecting_mid_upload_forwards_nothing_and_leaks_nothing(
+    make_proxy: ProxyFactory, upstream: RawUpstream
+) -> None:
+    proxy = await make_proxy(spool_threshold=1024)
+    before = temporary_files()
+    _, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(
+        b"POST /v1/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n\r\n"
+        + b"x" * 200_000
+    )
+    await writer.drain()
+    registry = proxy.app[METRICS].registry
+    async with asyncio.timeout(10):  # the proxy is reading the body
+        while not registry.get_sample_value("agentsync_proxy_requests_in_flight"):
+            await asyncio.sleep(0.01)
+    writer.transport.abort()
+    await settled(proxy)
+    assert upstream.received == []
+    assert temporary_files() == before
+
+
+async def test_client_disconnecting_mid_download_closes_the_upstream_connection(
+    make_proxy: ProxyFactory, upstream: RawUpstream, logs: list[dict[str, Any]]
+) -> None:
+    upstream_closed = asyncio.Event()
+
+    async def endless(received: Received, writer: Writer) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        try:
+            while True:
+                writer.write(b"10000\r\n" + b"y" * 0x10000 + b"\r\n")
+                await writer.drain()
+        except ConnectionError:
+            upstream_closed.set()
+
+    upstream.responder = endless
+    proxy = await make_proxy()
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"GET /v1/big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    await reader.readexactly(100_000)
+    writer.transport.abort()
+    await asyncio.wait_for(upstream_closed.wait(), 10)
+    await settled(proxy)
+    access = [entry for entry in logs if entry["event"] == "request"]
+    assert access[-1]["error"] == "client_disconnected"
+    assert not any(entry.get("log_level") == "error" for entry in logs)
