@@ -13,7 +13,7 @@ from yarl import URL
 
 from proxy.access import Exchange
 from proxy.body import CapturedBody
-from proxy.errors import AuthHostRefused, BadRequest, TargetNotAllowed
+from proxy.errors import AuthHostRefused, BadRequest, TargetNotAllowed, UpstreamUnreachable
 from proxy.settings import is_auth_host
 from proxy.token_endpoint import Token
 
@@ -36,6 +36,8 @@ HOP_BY_HOP = frozenset(
 REQUEST_OWN = frozenset(
     istr(name) for name in ("Host", "Content-Length", "Expect", "Authorization", "X-Request-Id")
 )
+# Answers up to this size, with a Content-Length, are read whole and sent in one write.
+SMALL_BODY = 64 * 1024
 _ABSOLUTE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)(.*)", re.DOTALL)
 
 
@@ -109,7 +111,7 @@ class Upstream:
     def url(self, target: str) -> URL:
         # Concatenation, never join: a target such as //evil.example stays a path.
         url = URL(self.base + target, encoded=True)
-        if target.endswith("?"):
+        if target.endswith("?") and not url.raw_query_string:
             # yarl drops an empty query; the client sent one, so the upstream gets one.
             url._cache["raw_path_qs"] = url.raw_path + "?"
         return url
@@ -154,26 +156,52 @@ async def relay(
 
     An upstream body that breaks off aborts the client's connection, so that a cut answer
     never looks complete."""
+    has_body = request.method != "HEAD" and upstream.status not in (204, 304)
+    length = upstream.content_length
+    if has_body and length is not None and length <= SMALL_BODY:
+        return await _whole(upstream, headers, exchange)
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     await response.prepare(request)
-    if request.method != "HEAD" and upstream.status not in (204, 304):
+    if not has_body:
+        await response.write_eof()
+        return response
+    while True:
         try:
-            async for chunk in upstream.content.iter_any():
-                if exchange.bytes_out == 0 and upstream.status == 403:
-                    exchange.scope_hint(chunk)
-                await response.write(chunk)
-                exchange.bytes_out += len(chunk)
+            chunk = await upstream.content.readany()
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError):
             exchange.error = "upstream_broke_off"
             _abort(request)
             upstream.close()
             return response
-        except ConnectionError:
-            exchange.error = "client_disconnected"
+        if not chunk:
+            break
+        if exchange.bytes_out == 0 and upstream.status == 403:
+            exchange.scope_hint(chunk)
+        try:
+            await response.write(chunk)
+        except ConnectionError:  # the client went away
             upstream.close()
-            return response
+            raise
+        exchange.bytes_out += len(chunk)
     await response.write_eof()
     return response
+
+
+async def _whole(
+    upstream: aiohttp.ClientResponse, headers: CIMultiDict[str], exchange: Exchange
+) -> web.Response:
+    """A small answer of known length is read first and sent in one write: headers and body
+    leave together, and a body that breaks off becomes a clean 502."""
+    try:
+        body = await upstream.read()
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError):
+        raise UpstreamUnreachable(
+            "the API broke off its answer; retry, and check the API's health if it persists"
+        ) from None
+    if upstream.status == 403:
+        exchange.scope_hint(body)
+    exchange.bytes_out = len(body)
+    return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
 
 
 def _abort(request: web.Request) -> None:

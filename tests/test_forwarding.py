@@ -296,6 +296,22 @@ async def test_upstream_body_that_breaks_off_breaks_off_for_the_client(
     make_proxy: ProxyFactory, upstream: RawUpstream
 ) -> None:
     async def respond(_: Received, writer: Writer) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 200_000)
+        await writer.drain()
+        writer.transport.abort()
+
+    upstream.responder = respond
+    proxy = await make_proxy()
+    async with aiohttp.ClientSession() as session, session.get(f"{proxy.url}/v1/x") as response:
+        assert response.status == 200  # the headers had left before the break
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await response.read()
+
+
+async def test_small_answer_that_breaks_off_becomes_a_502(
+    make_proxy: ProxyFactory, upstream: RawUpstream
+) -> None:
+    async def respond(_: Received, writer: Writer) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 40)
         await writer.drain()
         writer.transport.abort()
@@ -303,8 +319,8 @@ async def test_upstream_body_that_breaks_off_breaks_off_for_the_client(
     upstream.responder = respond
     proxy = await make_proxy()
     async with aiohttp.ClientSession() as session, session.get(f"{proxy.url}/v1/x") as response:
-        with pytest.raises(aiohttp.ClientPayloadError):
-            await response.read()
+        assert response.status == 502
+        assert (await response.json())["error"] == "upstream_unreachable"
 
 
 async def test_truncated_chunked_body_breaks_off_for_the_client(
