@@ -10,10 +10,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 import structlog
-from aiohttp import web
 
-from proxy import __version__, clients, demo, logs
-from proxy.app import create_app
+from proxy import __version__, clients, demo, logs, serving
 from proxy.errors import TokenError
 from proxy.settings import OPTIONS, ConfigError, Settings, load_settings
 from proxy.tokens import TokenSource
@@ -65,7 +63,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             logs.configure(settings.log_format, settings.log_level)
             for warning in settings.warnings:
                 structlog.get_logger("proxy").warning("config_warning", problem=warning)
-            return serve(settings) if command == "serve" else check(settings)
+            if command == "serve":
+                return serving.serve(settings, argv, environ)
+            return check(settings)
         return demo.main(command, argv, environ)
     except ConfigError as error:
         for problem in error.problems:
@@ -73,39 +73,6 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_OK
-
-
-def serve(settings: Settings) -> int:
-    log = structlog.get_logger("proxy")
-    use_uvloop()
-    app = create_app(settings)
-    log.info(
-        "listening",
-        listen=str(settings.listen),
-        environment=settings.environment,
-        api_base_url=settings.api_base_url,
-        version=__version__,
-    )
-    web.run_app(
-        app,
-        host=settings.listen.host,
-        port=settings.listen.port,
-        access_log=None,
-        print=None,
-        shutdown_timeout=settings.shutdown_timeout,
-        reuse_port=settings.workers > 1 or None,
-        backlog=2048,  # a burst of new connections must not overflow the accept queue
-    )
-    return EXIT_OK
-
-
-def use_uvloop() -> None:
-    """uvloop's event loop where it is installed: its I/O path is several times faster."""
-    try:
-        import uvloop
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def check(settings: Settings) -> int:

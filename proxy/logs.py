@@ -35,7 +35,6 @@ def _dumps(event: Any, **_: Any) -> str:
 def processors(log_format: str) -> tuple[list[Any], Any]:
     """The processor chain (ending in redaction) and the renderer for a format."""
     chain: list[Any] = [
-        structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

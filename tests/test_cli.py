@@ -279,3 +279,29 @@ async def test_unknown_flag_is_a_usage_error(command: str) -> None:
     result = await run_cli(command, "--no-such-flag")
     assert result.status == 2
     assert "unrecognized arguments: --no-such-flag" in result.stderr
+
+
+async def test_workers_share_the_port_and_stop_together(
+    agentsync_simulator: RunningSimulator, upstream: RawUpstream, unused_tcp_port: int
+) -> None:
+    env = simulator_env(
+        agentsync_simulator,
+        AGENTSYNC_API_BASE_URL=upstream.url,
+        AGENTSYNC_PROXY_WORKERS="2",
+        AGENTSYNC_PROXY_TOKEN_REQUESTS_PER_MINUTE="4",
+    )
+    async with serve(env, unused_tcp_port) as proxy, aiohttp.ClientSession() as session:
+        async with asyncio.timeout(20):  # both workers hold a token
+            while agentsync_simulator.state.tokens_issued < 2:
+                await asyncio.sleep(0.02)
+        for _ in range(20):
+            async with session.get(proxy.url + "/v1/x") as response:
+                assert response.status == 200
+        proxy.process.send_signal(signal.SIGTERM)
+        out, err = await proxy.process.communicate()
+    assert proxy.process.returncode == 0
+    records = [json.loads(line) for line in err.decode().splitlines()]
+    pids = {r["pid"] for r in records if r["event"] == "listening"}
+    assert len(pids) == 2
+    assert sum(r["event"] == "stopped" for r in records) == 2
+    assert agentsync_simulator.state.token_requests == 2

@@ -1,0 +1,104 @@
+"""Running the proxy as a service: one process, or N worker processes sharing the port, each
+stopping gracefully on SIGTERM (not ready at once, in-flight requests finished, exit 0)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+import structlog
+from aiohttp import web
+
+from proxy import __version__
+from proxy.app import create_app
+from proxy.keys import SHUTTING_DOWN
+from proxy.settings import Settings
+
+log = structlog.get_logger("proxy")
+# Set in the environment of each worker: how many workers share the port and the token cap.
+WORKER_OF = "AGENTSYNC_PROXY_WORKER_OF"
+BACKLOG = 2048  # a burst of new connections must not overflow the accept queue
+
+
+def use_uvloop() -> None:
+    """uvloop's event loop where it is installed: its I/O path is several times faster."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def serve(settings: Settings, argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    workers = int(environ.get(WORKER_OF, "0"))
+    if workers:
+        # One of N workers: the port is shared, and so is the cap on token requests.
+        share = max(1, settings.token_requests_per_minute // workers)
+        return run(replace(settings, token_requests_per_minute=share), reuse_port=True)
+    if settings.workers > 1:
+        return supervise(settings.workers, argv, environ)
+    return run(settings, reuse_port=False)
+
+
+def run(settings: Settings, *, reuse_port: bool) -> int:
+    use_uvloop()
+    return asyncio.run(_run(settings, reuse_port))
+
+
+async def _run(settings: Settings, reuse_port: bool) -> int:
+    app = create_app(settings)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=settings.shutdown_timeout
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(
+            runner,
+            settings.listen.host,
+            settings.listen.port,
+            backlog=BACKLOG,
+            reuse_port=reuse_port or None,
+        )
+        await site.start()
+        log.info(
+            "listening",
+            listen=str(settings.listen),
+            environment=settings.environment,
+            api_base_url=settings.api_base_url,
+            version=__version__,
+            pid=os.getpid(),
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        app[SHUTTING_DOWN].set()  # /-/ready answers 503 from now on
+        log.info("stopping", shutdown_timeout=settings.shutdown_timeout)
+    finally:
+        # Stops listening, lets in-flight requests finish (bounded), then closes the sessions.
+        await runner.cleanup()
+    log.info("stopped")
+    return 0
+
+
+def supervise(workers: int, argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    """Start N workers of this same command and pass SIGTERM and SIGINT on to them."""
+    env = {**environ, WORKER_OF: str(workers)}
+    command = [sys.executable, "-m", "proxy", "serve", *argv]
+    children = [subprocess.Popen(command, env=env) for _ in range(workers)]
+
+    def forward(signum: int, _: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    statuses = [child.wait() for child in children]
+    return max(statuses, key=abs)

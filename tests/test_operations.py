@@ -1,0 +1,205 @@
+"""Section 8's operations: probes, readiness, metrics and the access log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import pytest
+import structlog
+from prometheus_client.parser import text_string_to_metric_families
+
+from proxy.credentials import ClientSecret, Secret
+from proxy.keys import SHUTTING_DOWN, TOKENS
+from proxy.servers import RunningProxy, RunningSimulator, running_proxy, settings_for
+from tests.conftest import ProxyFactory
+from tests.rawhttp import RawUpstream, Received, Writer, reply, response_bytes
+
+
+@pytest.fixture
+def logs() -> Any:
+    with structlog.testing.capture_logs() as captured:
+        yield captured
+
+
+async def get(url: str) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        body = await response.json() if response.content_type == "application/json" else None
+        return response.status, body
+
+
+async def scrape(proxy: RunningProxy) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    async with aiohttp.ClientSession() as session, session.get(proxy.url + "/-/metrics") as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = await r.text()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_healthy_and_ready_answer_200_with_a_token(make_proxy: ProxyFactory) -> None:
+    proxy = await make_proxy()
+    await proxy.app[TOKENS].token()
+    assert await get(proxy.url + "/-/healthy") == (200, {"status": "healthy"})
+    assert await get(proxy.url + "/-/ready") == (200, {"status": "ready"})
+
+
+async def test_not_ready_without_a_token_and_the_reason_says_why(
+    make_proxy: ProxyFactory, upstream: RawUpstream
+) -> None:
+    proxy = await make_proxy(client_secret=ClientSecret(Secret("wrong")))
+    await get(proxy.url + "/v1/x")  # the token request is refused
+    status, body = await get(proxy.url + "/-/ready")
+    assert status == 503
+    assert "token_request_rejected" in body["reason"]
+    status, _ = await get(proxy.url + "/-/healthy")
+    assert status == 200
+
+
+async def test_not_ready_while_shutting_down(make_proxy: ProxyFactory) -> None:
+    proxy = await make_proxy()
+    await proxy.app[TOKENS].token()
+    assert (await get(proxy.url + "/-/ready"))[0] == 200
+    proxy.app[SHUTTING_DOWN].set()  # what SIGTERM does first
+    assert await get(proxy.url + "/-/ready") == (
+        503,
+        {"status": "not ready", "reason": "shutting down"},
+    )
+
+
+@pytest.mark.parametrize("path", ["/-/", "/-/other", "/-/metrics/x", "/-/healthy/"])
+async def test_nothing_under_the_proxys_own_prefix_is_forwarded(
+    make_proxy: ProxyFactory, upstream: RawUpstream, path: str
+) -> None:
+    proxy = await make_proxy()
+    status, body = await get(proxy.url + path)
+    assert status == 404
+    assert body["error"] == "not_found"
+    assert upstream.received == []
+
+
+async def test_metrics_count_requests_replays_token_failures_and_errors(
+    agentsync_simulator: RunningSimulator, make_proxy: ProxyFactory, upstream: RawUpstream
+) -> None:
+    seen: list[str] = []
+
+    async def first_token_refused(received: Received, writer: Writer) -> None:
+        token = received.header("Authorization") or ""
+        seen.append(token)
+        writer.write(response_bytes(401 if token == seen[0] else 200, b"{}"))
+        await writer.drain()
+
+    upstream.responder = first_token_refused
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            agentsync_simulator.url + "/_simulator/faults", json={"status": 503, "count": 1}
+        ) as response,
+    ):
+        assert response.status == 200
+    proxy = await make_proxy(max_body_size=10)
+    for _ in range(3):
+        assert (await get(proxy.url + "/v1/x"))[0] == 200
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(proxy.url + "/v1/x", data=b"x" * 11) as response,
+    ):
+        assert response.status == 413
+    metrics = await scrape(proxy)
+
+    def value(name: str, **labels: str) -> float:
+        return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    assert value("agentsync_proxy_requests_total", method="GET", status_class="2xx") == 3
+    assert value("agentsync_proxy_requests_total", method="POST", status_class="4xx") == 1
+    assert value("agentsync_proxy_replays_total", outcome="success") == 1
+    assert value("agentsync_proxy_token_requests_total", outcome="unavailable") == 1
+    assert value("agentsync_proxy_token_requests_total", outcome="success") == 2
+    assert value("agentsync_proxy_errors_total", error="request_too_large") == 1
+    assert value("agentsync_proxy_request_duration_seconds_count") == 4
+    assert value("agentsync_proxy_upstream_duration_seconds_count") == 3
+    assert value("agentsync_proxy_requests_in_flight") == 0
+    assert value("agentsync_proxy_response_body_bytes_total") == 6
+    assert value("agentsync_proxy_token_request_duration_seconds_count") == 3
+    assert 3500 < value("agentsync_proxy_token_expires_in_seconds") <= 3600
+
+
+async def test_access_line_has_every_field_and_masks_query_values(
+    make_proxy: ProxyFactory, logs: list[dict[str, Any]]
+) -> None:
+    proxy = await make_proxy()
+    await get(proxy.url + "/v2/entities?npn=17345829&lastName=Delgado")
+    [line] = [entry for entry in logs if entry["event"] == "request"]
+    assert line["path"] == "/v2/entities?npn=***&lastName=***"
+    for field in (
+        "request_id",
+        "method",
+        "status",
+        "upstream_status",
+        "duration_ms",
+        "upstream_ms",
+        "bytes_in",
+        "bytes_out",
+        "replayed",
+        "client",
+    ):
+        assert field in line
+    assert (line["method"], line["status"], line["client"]) == ("GET", 200, "127.0.0.1")
+
+
+async def test_log_query_shows_query_values(
+    make_proxy: ProxyFactory, logs: list[dict[str, Any]]
+) -> None:
+    proxy = await make_proxy(log_query=True)
+    await get(proxy.url + "/v2/entities?npn=17345829")
+    [line] = [entry for entry in logs if entry["event"] == "request"]
+    assert line["path"] == "/v2/entities?npn=17345829"
+
+
+async def test_probes_are_logged_only_with_log_probes(
+    make_proxy: ProxyFactory, logs: list[dict[str, Any]]
+) -> None:
+    quiet = await make_proxy()
+    await get(quiet.url + "/-/healthy")
+    assert [entry for entry in logs if entry["event"] == "request"] == []
+    chatty = await make_proxy(log_probes=True)
+    await chatty.app[TOKENS].token()
+    await get(chatty.url + "/-/ready")
+    [line] = [entry for entry in logs if entry["event"] == "request"]
+    assert (line["path"], line["status"]) == ("/-/ready", 200)
+
+
+async def test_policy_evaluation_failed_logs_which_scope_to_add(
+    agentsync_simulator: RunningSimulator, logs: list[dict[str, Any]]
+) -> None:
+    async with (
+        running_proxy(settings_for(agentsync_simulator)) as proxy,
+        aiohttp.ClientSession() as session,
+        session.delete(proxy.url + "/contracting/v1/customers/products/101") as response,
+    ):
+        assert response.status == 403
+        assert (await response.json())["message"] == "Policy evaluation failed"
+    [hint] = [entry for entry in logs if entry["event"] == "scope_missing"]
+    assert "rino_api_agency_delete" in hint["hint"]
+    assert "AGENTSYNC_SCOPE" in hint["hint"]
+
+
+async def test_plain_403_from_the_upstream_gets_no_scope_hint(
+    make_proxy: ProxyFactory, upstream: RawUpstream, logs: list[dict[str, Any]]
+) -> None:
+    upstream.responder = reply(403, b'{"error": "forbidden"}')
+    proxy = await make_proxy()
+    assert (await get(proxy.url + "/v1/x"))[0] == 403
+    assert not [entry for entry in logs if entry["event"] == "scope_missing"]
+
+
+async def test_the_documented_fixtures_give_a_working_proxy(
+    agentsync_proxy: RunningProxy, agentsync_simulator: RunningSimulator
+) -> None:
+    status, body = await get(agentsync_proxy.url + "/contracting/v1/customers/carriers")
+    assert status == 200
+    assert body["_embedded"]["carriers"][0]["name"] == "Prairie Mutual Life Insurance Company"
+    assert agentsync_simulator.state.tokens_issued == 1
