@@ -298,7 +298,7 @@ async def test_workers_share_the_port_and_stop_together(
             async with session.get(proxy.url + "/v1/x") as response:
                 assert response.status == 200
         proxy.process.send_signal(signal.SIGTERM)
-        out, err = await proxy.process.communicate()
+        _, err = await proxy.process.communicate()
     assert proxy.process.returncode == 0
     records = [json.loads(line) for line in err.decode().splitlines()]
     pids = {r["pid"] for r in records if r["event"] == "listening"}
