@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from proxy.errors import (
+    BadRequest,
     ClientNotAllowed,
     HostNotAllowed,
     MethodNotAllowed,
@@ -79,6 +80,8 @@ def check(policy: Policy, request: web.Request) -> None:
         )
     if request.method == "CONNECT":
         raise MethodNotAllowed("CONNECT is not supported: this is a reverse proxy")
+    if request.raw_path == "*":
+        raise BadRequest("the request target * is not supported; send a path such as /v1/...")
     probe = request.raw_path.startswith("/-/")
     origin_form = request.raw_path.startswith("/")
     host = request.headers.get("Host")
