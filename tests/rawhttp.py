@@ -85,24 +85,22 @@ async def read_body(reader: asyncio.StreamReader, headers: list[tuple[str, str]]
     return await reader.readexactly(int(lookup.get("content-length", "0")))
 
 
-class RawUpstream:
-    """Records each request; `responder` decides the answer (default: 200 JSON)."""
+class LoopbackServer:
+    """A TCP server on 127.0.0.1 that serves one HTTP/1.1 exchange after another on each
+    connection until the peer goes away; `close` also cuts the open connections."""
 
     def __init__(self) -> None:
-        self.received: list[Received] = []
+        self.port = 0
         self.connections = 0
-        self.responder: Responder = reply()
-        self.arrived = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._writers: set[Writer] = set()
-        self.port = 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
@@ -112,31 +110,55 @@ class RawUpstream:
                 writer.transport.abort()
             await self._server.wait_closed()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: Writer) -> None:
+    async def _connection(self, reader: asyncio.StreamReader, writer: Writer) -> None:
         self.connections += 1
         self._writers.add(writer)
         try:
             while True:
                 request_line, headers = await read_head(reader)
-                body = await read_body(reader, headers)
-                method, target, version = request_line.split(" ", 2)
-                received = Received(
-                    method,
-                    target,
-                    version,
-                    headers,
-                    hashlib.sha256(body).hexdigest(),
-                    len(body),
-                    body,
-                )
-                self.received.append(received)
-                self.arrived.set()
-                await self.responder(received, writer)
+                if not await self.exchange(request_line, headers, reader, writer):
+                    return
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass
         finally:
             self._writers.discard(writer)
             writer.close()
+
+    async def exchange(
+        self,
+        request_line: str,
+        headers: list[tuple[str, str]],
+        reader: asyncio.StreamReader,
+        writer: Writer,
+    ) -> bool:
+        """Answer one request; False ends the connection."""
+        raise NotImplementedError
+
+
+class RawUpstream(LoopbackServer):
+    """Records each request; `responder` decides the answer (default: 200 JSON)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: list[Received] = []
+        self.responder: Responder = reply()
+        self.arrived = asyncio.Event()
+
+    async def exchange(
+        self,
+        request_line: str,
+        headers: list[tuple[str, str]],
+        reader: asyncio.StreamReader,
+        writer: Writer,
+    ) -> bool:
+        body = await read_body(reader, headers)
+        method, target, version = request_line.split(" ", 2)
+        digest = hashlib.sha256(body).hexdigest()
+        received = Received(method, target, version, headers, digest, len(body), body)
+        self.received.append(received)
+        self.arrived.set()
+        await self.responder(received, writer)
+        return True
 
 
 @dataclass

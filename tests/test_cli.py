@@ -7,56 +7,22 @@ import hashlib
 import json
 import os
 import signal
-import sys
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 
 from proxy import __version__
 from proxy.servers import RunningSimulator
+from tests.cli_process import run_cli, serve, simulator_env
 from tests.rawhttp import RawUpstream, Received, Writer, reply, response_bytes
-
-
-@dataclass
-class Completed:
-    status: int
-    stdout: str
-    stderr: str
-
-
-async def run_cli(*args: str, env: Mapping[str, str] | None = None) -> Completed:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        *args,
-        env={"PATH": os.environ["PATH"], **(env or {})},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return Completed(process.returncode, out.decode(), err.decode())
-
-
-def simulator_env(simulator: RunningSimulator, **extra: str) -> dict[str, str]:
-    return {
-        "AGENTSYNC_CLIENT_ID": simulator.config.client_id,
-        "AGENTSYNC_CLIENT_SECRET": simulator.config.client_secret,
-        "AGENTSYNC_TOKEN_URL": simulator.token_url,
-        "AGENTSYNC_API_BASE_URL": simulator.url,
-        "AGENTSYNC_SCOPE": "rino_api_agency_read",
-        **extra,
-    }
 
 
 async def test_check_prints_scope_and_expiry_but_never_the_token(
     agentsync_simulator: RunningSimulator,
 ) -> None:
-    result = await run_cli("check", env=simulator_env(agentsync_simulator))
+    env = simulator_env(agentsync_simulator, AGENTSYNC_SCOPE="rino_api_agency_read")
+    result = await run_cli("check", env=env)
     assert result.status == 0, result.stderr
     assert "scope rino_api_agency_read" in result.stdout
     assert "expires 20" in result.stdout
@@ -88,51 +54,6 @@ async def test_check_with_bad_configuration_exits_2_listing_every_problem() -> N
 async def test_version() -> None:
     result = await run_cli("--version")
     assert (result.status, result.stdout.strip()) == (0, f"agentsync-proxy {__version__}")
-
-
-@dataclass
-class Served:
-    process: asyncio.subprocess.Process
-    url: str
-    port: int
-
-
-@asynccontextmanager
-async def serve(env: Mapping[str, str], port: int) -> AsyncIterator[Served]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        "serve",
-        env={
-            "PATH": os.environ["PATH"],
-            "AGENTSYNC_PROXY_LISTEN": f"127.0.0.1:{port}",
-            "AGENTSYNC_PROXY_LOG_FORMAT": "json",
-            **env,
-        },
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    served = Served(process, f"http://127.0.0.1:{port}", port)
-    try:
-        await until_ready(served.url)
-        yield served
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-
-
-async def until_ready(url: str) -> None:
-    async with asyncio.timeout(20), aiohttp.ClientSession() as session:
-        while True:
-            try:
-                async with session.get(url + "/-/ready") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.02)
 
 
 async def test_sigterm_lets_in_flight_requests_finish_and_exits_0(

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import ssl
-import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +21,9 @@ from yarl import URL
 from proxy.servers import RunningProxy, RunningSimulator, running_proxy, settings_for
 from proxy.simulator import SimulatorConfig
 from proxy.simulator import create_app as create_simulator_app
+from tests.cli_process import serve
 from tests.conftest import FAST_RETRIES
-from tests.rawhttp import RawUpstream, Writer, read_body, read_head
+from tests.rawhttp import LoopbackServer, RawUpstream, Writer, read_body, read_head
 
 # ---- TLS servers signed by a test CA ----
 
@@ -196,49 +195,30 @@ async def test_token_endpoint_certificate_for_another_host_name_is_refused_even_
 # ---- the real CLI behind a forward proxy ----
 
 
-class ForwardProxy:
+class ForwardProxy(LoopbackServer):
     """A tiny HTTP forward proxy: records each request line, relays an absolute-form request to
     its origin in origin form (one upstream connection per request), tunnels a CONNECT."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.request_lines: list[str] = []
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[Writer] = set()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for writer in self._writers:
-                writer.transport.abort()
-            await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: Writer) -> None:
-        self._writers.add(writer)
-        try:
-            while True:
-                request_line, headers = await read_head(reader)
-                self.request_lines.append(request_line)
-                method, target, version = request_line.split(" ", 2)
-                if method == "CONNECT":
-                    await self._tunnel(target, reader, writer)
-                    return
-                body = await read_body(reader, headers)
-                writer.write(await self._exchange(method, target, version, headers, body))
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
-            pass
-        finally:
-            self._writers.discard(writer)
-            writer.close()
+    async def exchange(
+        self,
+        request_line: str,
+        headers: list[tuple[str, str]],
+        reader: asyncio.StreamReader,
+        writer: Writer,
+    ) -> bool:
+        self.request_lines.append(request_line)
+        method, target, version = request_line.split(" ", 2)
+        if method == "CONNECT":
+            await self._tunnel(target, reader, writer)
+            return False
+        body = await read_body(reader, headers)
+        writer.write(await self._exchange(method, target, version, headers, body))
+        await writer.drain()
+        return True
 
     async def _exchange(
         self, method: str, target: str, version: str, headers: list[tuple[str, str]], body: bytes
@@ -290,45 +270,6 @@ async def forward_proxy() -> AsyncIterator[ForwardProxy]:
     await proxy.close()
 
 
-@asynccontextmanager
-async def serve_cli(env: Mapping[str, str], port: int) -> AsyncIterator[str]:
-    """`agentsync-proxy serve` in a subprocess with exactly `env` (and PATH); yields its URL
-    once it is ready, that is once it holds a token."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        "serve",
-        env={
-            "PATH": os.environ["PATH"],
-            "AGENTSYNC_PROXY_LISTEN": f"127.0.0.1:{port}",
-            "AGENTSYNC_PROXY_LOG_FORMAT": "json",
-            **env,
-        },
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        await until_ready(url)
-        yield url
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
-
-
-async def until_ready(url: str) -> None:
-    # Nothing announces readiness to another process: poll /-/ready.
-    async with asyncio.timeout(20), aiohttp.ClientSession() as session:
-        while True:
-            with contextlib.suppress(aiohttp.ClientConnectionError):
-                async with session.get(url + "/-/ready") as response:
-                    if response.status == 200:
-                        return
-            await asyncio.sleep(0.02)
-
-
 def cli_env(simulator: RunningSimulator, api_base_url: str, **extra: str) -> dict[str, str]:
     return {
         "AGENTSYNC_CLIENT_ID": simulator.config.client_id,
@@ -346,8 +287,8 @@ async def test_http_proxy_carries_token_and_api_requests(
     unused_tcp_port: int,
 ) -> None:
     env = cli_env(agentsync_simulator, upstream.url, HTTP_PROXY=forward_proxy.url)
-    async with serve_cli(env, unused_tcp_port) as url:
-        status, body = await get(url + "/v1/x?a=1")
+    async with serve(env, unused_tcp_port, capture=False) as served:
+        status, body = await get(served.url + "/v1/x?a=1")
     assert (status, body) == (200, {"ok": True})
     assert f"POST {agentsync_simulator.token_url} HTTP/1.1" in forward_proxy.request_lines
     assert f"GET {upstream.url}/v1/x?a=1 HTTP/1.1" in forward_proxy.request_lines
@@ -363,8 +304,8 @@ async def test_no_proxy_sends_requests_to_listed_hosts_directly(
     env = cli_env(
         agentsync_simulator, upstream.url, HTTP_PROXY=forward_proxy.url, NO_PROXY="127.0.0.1"
     )
-    async with serve_cli(env, unused_tcp_port) as url:
-        status, body = await get(url + "/v1/x")
+    async with serve(env, unused_tcp_port, capture=False) as served:
+        status, body = await get(served.url + "/v1/x")
     assert (status, body) == (200, {"ok": True})
     assert forward_proxy.request_lines == []
     assert [r.target for r in upstream.received] == ["/v1/x"]
@@ -384,8 +325,8 @@ async def test_https_proxy_tunnels_https_api_requests_with_connect(
             HTTPS_PROXY=forward_proxy.url,
             AGENTSYNC_PROXY_CA_BUNDLE=str(ca_bundle),
         )
-        async with serve_cli(env, unused_tcp_port) as url:
-            status, body = await get(url + "/v1/x")
+        async with serve(env, unused_tcp_port, capture=False) as served:
+            status, body = await get(served.url + "/v1/x")
     assert (status, body) == (200, {"ok": True})
     # The token endpoint is plain http://, which HTTPS_PROXY does not cover.
     assert forward_proxy.request_lines == [f"CONNECT {URL(api.url).authority} HTTP/1.1"]
