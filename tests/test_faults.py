@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.keys import METRICS
-from proxy.servers import RunningProxy
+from proxy.servers import RunningProxy, RunningSimulator
 from tests.conftest import ProxyFactory
 from tests.leaks import temporary_files
 from tests.rawhttp import RawUpstream, Received, Writer
@@ -37,10 +37,16 @@ async def get(proxy: RunningProxy, path: str = "/v1/x") -> tuple[int, dict[str, 
         return response.status, body, response.headers.get("Retry-After", "")
 
 
-@pytest.fixture
-def logs() -> Any:
+@pytest.fixture(autouse=True)
+def logs(agentsync_simulator: RunningSimulator, upstream: RawUpstream) -> Any:
+    """Every fault's log, checked afterwards for the client secret and every token."""
     with structlog.testing.capture_logs() as captured:
         yield captured
+    text = repr(captured)
+    tokens = set(agentsync_simulator.state.tokens.issued())
+    tokens |= {value for r in upstream.received for value in r.all("Authorization")}
+    for secret in (agentsync_simulator.config.client_secret, *tokens):
+        assert secret.removeprefix("Bearer ") not in text
 
 
 def token_app(behaviour: Behaviour) -> web.Application:
