@@ -22,11 +22,12 @@ from proxy.errors import (
     error_response,
     upstream_failure,
 )
-from proxy.keys import METRICS, SESSION, SETTINGS, SHUTTING_DOWN, TOKENS, UPSTREAM
+from proxy.keys import CLIENT, METRICS, SETTINGS, SHUTTING_DOWN, TOKENS, UPSTREAM
 from proxy.metrics import Metrics
 from proxy.replay import send_with_replay
 from proxy.settings import Settings
 from proxy.tokens import TokenFetcher, TokenSource
+from proxy.upstream_client import ClientError
 
 log = structlog.get_logger("proxy")
 
@@ -45,7 +46,7 @@ def create_app(
     app[METRICS] = metrics = Metrics()
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        upstream = clients.upstream_session(settings)
+        upstream = clients.upstream_client(settings)
         token_session = clients.token_session(settings)
         fetcher: TokenFetcher = (
             token_fetcher(token_session)
@@ -60,7 +61,7 @@ def create_app(
             on_attempt=metrics.token_attempt,
             **(token_source_options or {}),  # type: ignore[arg-type]
         )
-        app[SESSION] = upstream
+        app[CLIENT] = upstream
         app[TOKENS] = tokens
         metrics.track_token_expiry(tokens.seconds_left)
         refresher = asyncio.get_running_loop().create_task(tokens.run())
@@ -107,7 +108,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
     body: CapturedBody | None = None
     try:
         upstream = app[UPSTREAM]
-        url = upstream.url(upstream.target(request.raw_path))
+        target = upstream.target(request.raw_path)
         if request.body_exists:
             if (request.content_length or 0) > settings.max_body_size:
                 raise RequestTooLarge(too_large_description(settings.max_body_size))
@@ -120,14 +121,14 @@ async def forward(request: web.Request) -> web.StreamResponse:
             exchange.request_id,
             body.size if body is not None else _empty_length(request),
         )
-        session = app[SESSION]
+        client = app[CLIENT]
         sent_at = time.perf_counter()
         try:
             outcome = await send_with_replay(
-                lambda token: forwarding.send(session, request.method, url, headers, body, token),
+                lambda token: forwarding.send(client, request.method, target, headers, body, token),
                 app[TOKENS],
             )
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except ClientError as exc:
             log.warning("upstream_failed", request_id=exchange.request_id, exc_info=exc)
             raise upstream_failure(exc, upstream.origin) from None
         exchange.upstream_seconds = time.perf_counter() - sent_at
