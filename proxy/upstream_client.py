@@ -54,7 +54,7 @@ class UpstreamClient:
         url = URL(base_url, encoded=True)
         self.loop = asyncio.get_running_loop()
         self.timeout = timeout  # no answer, or no byte of it, for this long
-        self.connections: set[Connection] = set()
+        self.connections = _Connections(self)
         self._connect_timeout = connect_timeout
         self._host, self._port = url.raw_host or "", url.port or 80
         self._ssl = ssl_context if url.scheme == "https" else None
@@ -173,6 +173,7 @@ class UpstreamClient:
         """Close every connection, idle or not (at the application's cleanup)."""
         if self._sweeper is not None:
             self._sweeper.cancel()
+        self.connections.stop_checking()
         self._idle.clear()
         connections = list(self.connections)
         for connection in connections:
@@ -182,6 +183,36 @@ class UpstreamClient:
             for connection in connections:
                 connection.abort()  # those that did not close gracefully in time
             await asyncio.sleep(0)
+
+
+class _Connections(set[Connection]):
+    """The open connections, checked for progress every quarter of the timeout (at most every
+    second) while there are any: one timer for all, instead of one per exchange (a timer set
+    and cancelled per request cost 2 us, about 2% of the proxy's CPU)."""
+
+    def __init__(self, client: UpstreamClient) -> None:
+        super().__init__()
+        self._client = client
+        self._every = min(1.0, client.timeout / 4)
+        self._ticker: asyncio.TimerHandle | None = None
+
+    def add(self, connection: Connection) -> None:
+        super().add(connection)
+        if self._ticker is None:
+            self._ticker = self._client.loop.call_later(self._every, self._check)
+
+    def _check(self) -> None:
+        self._ticker = None
+        now = self._client.loop.time()
+        for connection in list(self):
+            connection.check_progress(now)
+        if self:
+            self._ticker = self._client.loop.call_later(self._every, self._check)
+
+    def stop_checking(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
 
 
 def _produce(body: bytes | Callable[[], Body] | None) -> Body | None:

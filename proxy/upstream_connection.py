@@ -1,6 +1,6 @@
 """One HTTP/1.1 connection to the upstream, one exchange at a time: the request written as
 given, the answer parsed by httptools (llhttp), its body streamed with flow control both ways, and
-a watchdog for an upstream that goes quiet. The pool is proxy.upstream_client's.
+a check, run by the pool, for an upstream gone quiet. The pool is proxy.upstream_client's.
 
     ClientError          what went wrong                                   the proxy answers
     ├── UpstreamClosed   no connection (refused, DNS, TLS, egress proxy),  502
@@ -25,16 +25,22 @@ HIGH_WATER, LOW_WATER = 256 * 1024, 64 * 1024  # buffered body bytes: stop, resu
 ONE_WRITE = 64 * 1024  # a body up to this size leaves in the same write as the head
 MAX_HEADERS, MAX_FIELD = 128, 8190
 Body = bytes | AsyncIterator[bytes]
+_NO_HEADERS: CIMultiDict[str] = CIMultiDict()
 
 
 class Pool(Protocol):
     """What a connection needs of its pool (proxy.upstream_client.UpstreamClient)."""
 
-    loop: asyncio.AbstractEventLoop
-    timeout: float  # no answer, or no byte of it, for this long
-    connections: set[Connection]
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
 
-    def park(self, connection: Connection) -> None: ...
+    @property
+    def timeout(self) -> float: ...  # no answer, or no byte of it, for this long
+
+    @property
+    def connections(self) -> set[Connection]: ...  # the open ones
+
+    def park(self, connection: Connection) -> None: ...  # idle again, for another exchange
 
 
 class ClientError(Exception):
@@ -64,7 +70,7 @@ class Response:
 
     def __init__(self, connection: Connection) -> None:
         self.status, self.reason = 0, ""
-        self.headers: CIMultiDict[str] = CIMultiDict()
+        self.headers: CIMultiDict[str] = _NO_HEADERS  # until the answer's arrive
         self._connection = connection
         self._chunks: deque[bytes] = deque()
         self._size = 0
@@ -146,7 +152,6 @@ class Connection(asyncio.Protocol):
         self._reason = b""
         self._headers: list[tuple[str, str]] = []
         self._last_progress = 0.0
-        self._watchdog: asyncio.TimerHandle | None = None
         self._drained: asyncio.Future[None] | None = None
 
     @property
@@ -162,36 +167,38 @@ class Connection(asyncio.Protocol):
         self._answer = answer = cast("asyncio.Future[Response]", self.loop.create_future())
         self._head_only, self._received, self._reusable = head_only, False, True
         self._last_progress = self.loop.time()
-        self._watchdog = self.loop.call_at(self._last_progress + self._pool.timeout, self._watch)
         try:
-            if isinstance(body, bytes) and len(body) <= ONE_WRITE:
+            if body is None:
+                self._transport.write(head)
+            elif isinstance(body, bytes) and len(body) <= ONE_WRITE:
                 self._transport.write(head + body)
+            elif isinstance(body, bytes):
+                self._transport.write(head)
+                self._transport.write(body)
             else:
                 self._transport.write(head)
-                if isinstance(body, bytes):
-                    self._transport.write(body)
-                elif body is not None:
-                    await self._write_chunks(body, answer)
+                await self._write_chunks(body, answer)
             return await answer
         except BaseException:
             answer.cancel()  # nobody waits for it any more
             self.abort()
             raise
-        finally:
-            if isinstance(body, AsyncGenerator):
-                await body.aclose()
 
     async def _write_chunks(
         self, chunks: AsyncIterator[bytes], answer: asyncio.Future[Response]
     ) -> None:
-        async for chunk in chunks:
-            if answer.done():  # answered, or failed, before the whole body was sent
-                self._reusable = False
-                return
-            self._transport.write(chunk)
-            if self._writing_paused:
-                self._drained = self.loop.create_future()
-                await self._drained
+        try:
+            async for chunk in chunks:
+                if answer.done():  # answered, or failed, before the whole body was sent
+                    self._reusable = False
+                    return
+                self._transport.write(chunk)
+                if self._writing_paused:
+                    self._drained = self.loop.create_future()
+                    await self._drained
+        finally:
+            if isinstance(chunks, AsyncGenerator):
+                await chunks.aclose()
 
     def release(self, response: Response) -> None:
         if self._response is response or not self._reusable or not self.usable:
@@ -286,14 +293,12 @@ class Connection(asyncio.Protocol):
     def _complete(self, *, keep_alive: bool) -> None:
         response, self._response = self._response, None
         self._reusable = self._reusable and keep_alive
-        self._stop_watchdog()
         if response is not None:
             response.finish()
 
     def _break(self, error: ClientError) -> None:
         """End the exchange in progress with `error` and drop the connection."""
         response, self._response = self._response, None
-        self._stop_watchdog()
         if self._answer is not None and not self._answer.done():
             self._answer.set_exception(error)
         elif response is not None:
@@ -301,23 +306,15 @@ class Connection(asyncio.Protocol):
         self._wake_writer()
         self.abort()
 
-    def _watch(self) -> None:
-        """At the inactivity deadline: fail the exchange unless a byte came meanwhile."""
-        self._watchdog = None
-        if self._response is None:
-            return
-        timeout, now = self._pool.timeout, self.loop.time()
-        if now < self._last_progress + timeout or self._reading_paused:  # our reader is slow
-            self._watchdog = self.loop.call_at(max(now, self._last_progress) + timeout, self._watch)
-        elif self._answer is not None and not self._answer.done():
+    def check_progress(self, now: float) -> None:
+        """Called by the pool every so often: fail an exchange gone quiet for the timeout."""
+        timeout = self._pool.timeout
+        if self._response is None or self._reading_paused or now - self._last_progress < timeout:
+            return  # idle, or our own reader is the slow one, or not yet
+        if self._answer is not None and not self._answer.done():
             self._break(ResponseTimeout(f"no answer within {timeout:g} s"))
         else:
             self._break(BodyBrokeOff(f"no byte of the body for {timeout:g} s"))
-
-    def _stop_watchdog(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
 
     def _wake_writer(self) -> None:
         if self._drained is not None and not self._drained.done():
