@@ -104,7 +104,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
         client=request.remote,
     )
     metrics = app[METRICS]
-    metrics.in_flight.inc()
+    metrics.in_flight += 1
     body: CapturedBody | None = None
     try:
         upstream = app[UPSTREAM]
@@ -159,7 +159,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
     finally:
         if body is not None:
             body.close()
-        metrics.in_flight.dec()
+        metrics.in_flight -= 1
         exchange.finish(metrics, settings.log_query)
 
 
