@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -14,7 +13,7 @@ import structlog
 from aiohttp import web
 
 from proxy import clients, forwarding, guard, operations
-from proxy.access import Exchange
+from proxy.access import Exchange, new_request_id
 from proxy.body import CapturedBody, too_large_description
 from proxy.errors import (
     ProxyError,
@@ -98,7 +97,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings = app[SETTINGS]
     exchange = Exchange(
-        request_id=request.headers.get("X-Request-Id") or os.urandom(16).hex(),
+        request_id=request.headers.get("X-Request-Id") or new_request_id(),
         method=request.method,
         target=request.raw_path,
         client=request.remote,
@@ -135,12 +134,13 @@ async def forward(request: web.Request) -> web.StreamResponse:
         async with outcome.response as upstream_response:
             exchange.status = exchange.upstream_status = upstream_response.status
             exchange.replayed = outcome.replayed
-            out_headers = forwarding.response_headers(upstream_response.headers)
-            if "Location" in out_headers:
-                out_headers["Location"] = upstream.rewrite_location(
-                    out_headers["Location"], f"{request.scheme}://{request.host}"
-                )
-            out_headers["X-Request-Id"] = exchange.request_id
+            out_headers = forwarding.response_headers(
+                upstream_response.headers,
+                exchange.request_id,
+                lambda location: upstream.rewrite_location(
+                    location, f"{request.scheme}://{request.host}"
+                ),
+            )
             return await forwarding.relay(request, upstream_response, out_headers, exchange)
     except ProxyError as error:
         exchange.status, exchange.error = error.status, error.code

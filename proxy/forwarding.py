@@ -4,6 +4,7 @@ headers dropped both ways, the bearer token set, the answer streamed through."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -34,6 +35,7 @@ HOP_BY_HOP = frozenset(
 # Never copied from the client: the proxy sets these itself.
 REQUEST_OWN = frozenset({"host", "content-length", "expect", "authorization", "x-request-id"})
 _REQUEST_DROPPED = HOP_BY_HOP | REQUEST_OWN
+_RESPONSE_DROPPED = HOP_BY_HOP | {"x-request-id"}  # the client gets the proxy's request id
 # Answers up to this size, with a Content-Length, are read whole and sent in one write.
 SMALL_BODY = 64 * 1024
 _ABSOLUTE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)(.*)", re.DOTALL)
@@ -61,11 +63,19 @@ def request_headers(
     return headers
 
 
-def response_headers(incoming: Headers) -> CIMultiDict[str]:
-    drop = _dropped(incoming, HOP_BY_HOP)
-    return CIMultiDict(
-        (name, value) for name, value in incoming.items() if name.lower() not in drop
-    )
+def response_headers(
+    incoming: Headers, request_id: str, rewrite_location: Callable[[str], str]
+) -> list[tuple[str, str]]:
+    """The upstream's end-to-end headers, a Location rewritten, and the request id."""
+    drop = _dropped(incoming, _RESPONSE_DROPPED)
+    headers = [(name, value) for name, value in incoming.items() if name.lower() not in drop]
+    if "Location" in incoming:
+        headers = [
+            (name, rewrite_location(value) if name.lower() == "location" else value)
+            for name, value in headers
+        ]
+    headers.append(("X-Request-Id", request_id))
+    return headers
 
 
 @dataclass(frozen=True)
@@ -137,7 +147,7 @@ async def send(
 async def relay(
     request: web.Request,
     upstream: Response,
-    headers: CIMultiDict[str],
+    headers: list[tuple[str, str]],
     exchange: Exchange,
 ) -> web.StreamResponse:
     """Stream the upstream's answer to the client, counting the body bytes sent.
@@ -170,7 +180,9 @@ async def relay(
     return response
 
 
-async def _whole(upstream: Response, headers: CIMultiDict[str], exchange: Exchange) -> web.Response:
+async def _whole(
+    upstream: Response, headers: list[tuple[str, str]], exchange: Exchange
+) -> web.Response:
     """A small answer of known length is read first and sent in one write: headers and body
     leave together, and a body that breaks off becomes a clean 502."""
     try:
