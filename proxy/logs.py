@@ -67,6 +67,10 @@ class LineBatcher:
         self._pending: list[str] = []
         self._scheduled = False
         self._lock = threading.Lock()
+        # The loop last found running, and its thread: asyncio.get_running_loop() makes a
+        # getpid() system call on Python 3.11, which cost as much as the rest of a flush.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
         atexit.register(self.write_out)
 
     def write(self, text: str) -> int:
@@ -77,13 +81,22 @@ class LineBatcher:
     def flush(self) -> None:
         if self._scheduled:
             return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
+        loop = self._running_loop()
+        if loop is None:
             self.write_out()
             return
         self._scheduled = True
         loop.call_soon(self.write_out)
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop | None:
+        loop, thread = self._loop, threading.get_ident()
+        if loop is not None and thread == self._loop_thread and loop.is_running():
+            return loop
+        try:
+            self._loop, self._loop_thread = asyncio.get_running_loop(), thread
+        except RuntimeError:
+            return None
+        return self._loop
 
     def write_out(self) -> None:
         with self._lock:

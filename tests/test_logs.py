@@ -59,3 +59,11 @@ def test_lines_logged_outside_an_event_loop_leave_at_once() -> None:
     target = io.StringIO()
     logs.LineLogger(logs.LineBatcher(target)).info("starting")
     assert target.getvalue() == "starting\n"
+
+
+async def test_lines_logged_from_another_thread_leave_at_once() -> None:
+    target = io.StringIO()
+    logger = logs.LineLogger(logs.LineBatcher(target))
+    logger.info("from the loop")  # the loop is now known to the batcher
+    await asyncio.to_thread(logger.info, "from a thread")
+    assert target.getvalue() == "from the loop\nfrom a thread\n"
