@@ -166,6 +166,7 @@ class Connection(asyncio.Protocol):
         self._response = Response(self)
         self._answer = answer = cast("asyncio.Future[Response]", self.loop.create_future())
         self._head_only, self._received, self._reusable = head_only, False, True
+        self._until_eof = False
         self._last_progress = self.loop.time()
         try:
             if body is None:
@@ -233,7 +234,7 @@ class Connection(asyncio.Protocol):
             closed = UpstreamClosed("the API closed the connection before answering")
             closed.__cause__ = exc
             self._break(closed if self._received else _retryable(closed))
-        elif self._response is not None and self._until_eof:
+        elif self._response is not None and self._until_eof and exc is None:
             self._complete(keep_alive=False)  # an answer without length ends here
         elif self._response is not None:
             self._break(BodyBrokeOff("the API closed the connection before the end of the body"))

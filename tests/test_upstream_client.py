@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator
 from functools import partial
 
@@ -149,6 +151,23 @@ async def test_body_without_length_ends_with_the_connection(
     assert await get(client) == b"until the end"
     await get(client)
     assert upstream.connections == 2
+
+
+async def test_body_without_length_cut_by_a_reset_breaks_off(
+    client: UpstreamClient, upstream: RawUpstream
+) -> None:
+    async def respond(_: Received, writer: Writer) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\nuntil the")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # a reset, not an end
+
+    upstream.responder = respond
+    async with await client.request("GET", "/v1/x", []) as response:
+        with pytest.raises(BodyBrokeOff):
+            await response.read()
 
 
 async def test_stale_pooled_connection_is_retried_once_on_a_fresh_one(
