@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -14,7 +13,7 @@ import structlog
 from aiohttp import web
 
 from proxy import clients, forwarding, guard, operations
-from proxy.access import Exchange
+from proxy.access import Exchange, new_request_id
 from proxy.body import CapturedBody, too_large_description
 from proxy.errors import (
     ProxyError,
@@ -22,11 +21,12 @@ from proxy.errors import (
     error_response,
     upstream_failure,
 )
-from proxy.keys import METRICS, SESSION, SETTINGS, SHUTTING_DOWN, TOKENS, UPSTREAM
+from proxy.keys import CLIENT, METRICS, SETTINGS, SHUTTING_DOWN, TOKENS, UPSTREAM
 from proxy.metrics import Metrics
 from proxy.replay import send_with_replay
 from proxy.settings import Settings
 from proxy.tokens import TokenFetcher, TokenSource
+from proxy.upstream_client import ClientError
 
 log = structlog.get_logger("proxy")
 
@@ -45,7 +45,7 @@ def create_app(
     app[METRICS] = metrics = Metrics()
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        upstream = clients.upstream_session(settings)
+        upstream = clients.upstream_client(settings)
         token_session = clients.token_session(settings)
         fetcher: TokenFetcher = (
             token_fetcher(token_session)
@@ -60,7 +60,7 @@ def create_app(
             on_attempt=metrics.token_attempt,
             **(token_source_options or {}),  # type: ignore[arg-type]
         )
-        app[SESSION] = upstream
+        app[CLIENT] = upstream
         app[TOKENS] = tokens
         metrics.track_token_expiry(tokens.seconds_left)
         refresher = asyncio.get_running_loop().create_task(tokens.run())
@@ -97,17 +97,17 @@ async def forward(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings = app[SETTINGS]
     exchange = Exchange(
-        request_id=request.headers.get("X-Request-Id") or os.urandom(16).hex(),
+        request_id=request.headers.get("X-Request-Id") or new_request_id(),
         method=request.method,
         target=request.raw_path,
         client=request.remote,
     )
     metrics = app[METRICS]
-    metrics.in_flight.inc()
+    metrics.in_flight += 1
     body: CapturedBody | None = None
     try:
         upstream = app[UPSTREAM]
-        url = upstream.url(upstream.target(request.raw_path))
+        target = upstream.target(request.raw_path)
         if request.body_exists:
             if (request.content_length or 0) > settings.max_body_size:
                 raise RequestTooLarge(too_large_description(settings.max_body_size))
@@ -120,26 +120,27 @@ async def forward(request: web.Request) -> web.StreamResponse:
             exchange.request_id,
             body.size if body is not None else _empty_length(request),
         )
-        session = app[SESSION]
+        client = app[CLIENT]
         sent_at = time.perf_counter()
         try:
             outcome = await send_with_replay(
-                lambda token: forwarding.send(session, request.method, url, headers, body, token),
+                lambda token: forwarding.send(client, request.method, target, headers, body, token),
                 app[TOKENS],
             )
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except ClientError as exc:
             log.warning("upstream_failed", request_id=exchange.request_id, exc_info=exc)
             raise upstream_failure(exc, upstream.origin) from None
         exchange.upstream_seconds = time.perf_counter() - sent_at
         async with outcome.response as upstream_response:
             exchange.status = exchange.upstream_status = upstream_response.status
             exchange.replayed = outcome.replayed
-            out_headers = forwarding.response_headers(upstream_response.headers)
-            if "Location" in out_headers:
-                out_headers["Location"] = upstream.rewrite_location(
-                    out_headers["Location"], f"{request.scheme}://{request.host}"
-                )
-            out_headers["X-Request-Id"] = exchange.request_id
+            out_headers = forwarding.response_headers(
+                upstream_response.headers,
+                exchange.request_id,
+                lambda location: upstream.rewrite_location(
+                    location, f"{request.scheme}://{request.host}"
+                ),
+            )
             return await forwarding.relay(request, upstream_response, out_headers, exchange)
     except ProxyError as error:
         exchange.status, exchange.error = error.status, error.code
@@ -158,8 +159,15 @@ async def forward(request: web.Request) -> web.StreamResponse:
     finally:
         if body is not None:
             body.close()
-        metrics.in_flight.dec()
-        exchange.finish(metrics, settings.log_query)
+        # The access line and the metrics wait for the answer to leave: at one connection they
+        # were 12 us of each request's latency. in_flight drops then too, so that "nothing in
+        # flight" still means "every access line written".
+        request.task.get_loop().call_soon(_finished, exchange, metrics, settings.log_query)
+
+
+def _finished(exchange: Exchange, metrics: Metrics, log_query: bool) -> None:
+    metrics.in_flight -= 1
+    exchange.finish(metrics, log_query)
 
 
 def _empty_length(request: web.Request) -> int | None:

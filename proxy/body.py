@@ -14,7 +14,7 @@ from aiohttp import StreamReader
 from proxy.errors import RequestTooLarge
 
 CHUNK = 256 * 1024
-# aiohttp warns about (and writes in one go) bytes bodies above 1 MiB; larger ones are iterated.
+# A body kept in memory above 1 MiB is sent part by part, never joined into one more copy.
 LARGEST_BYTES_PAYLOAD = 1 << 20
 
 

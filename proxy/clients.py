@@ -1,5 +1,5 @@
-"""The proxy's two HTTP clients, one for the API and one for the token endpoint, each a single
-pooled session for the life of the process."""
+"""The proxy's two HTTP clients, each a single pool for the life of the process: our lean client
+for the API (proxy.upstream_client), an aiohttp session for the token endpoint."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from yarl import URL
 
 from proxy.settings import Settings
 from proxy.token_endpoint import TokenEndpoint
+from proxy.upstream_client import UpstreamClient
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext:
@@ -32,15 +33,13 @@ def env_proxy(url: str) -> str | None:
     return proxies.get(parsed.scheme)
 
 
-def upstream_session(settings: Settings) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, ssl=ssl_context(settings), keepalive_timeout=30),
-        timeout=aiohttp.ClientTimeout(
-            total=None, sock_connect=settings.connect_timeout, sock_read=settings.upstream_timeout
-        ),
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+def upstream_client(settings: Settings) -> UpstreamClient:
+    """Must be created inside the running event loop."""
+    return UpstreamClient(
+        settings.api_base_url,
+        ssl_context=ssl_context(settings),
+        connect_timeout=settings.connect_timeout,
+        timeout=settings.upstream_timeout,
         proxy=env_proxy(settings.api_base_url),
     )
 

@@ -20,11 +20,9 @@ Descriptions say what to do; they never carry a secret or a token.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 
-import aiohttp
 from aiohttp import web
 
 
@@ -115,14 +113,22 @@ class MethodNotAllowed(ProxyError):
 
 
 def upstream_failure(exc: BaseException, upstream: str) -> ProxyError:
-    """Map a failure of the upstream exchange (before any response byte) to its gateway error."""
-    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+    """Map a failure of the upstream exchange before its answer's headers (a
+    proxy.upstream_client.ClientError) to its gateway error."""
+    if isinstance(exc, TimeoutError):
         return UpstreamTimeout(
             f"{upstream} did not answer in time; raise --upstream-timeout if the call is slow"
         )
-    reason = type(exc).__name__
+    reason = type(exc.__cause__ or exc).__name__
     return UpstreamUnreachable(
         f"{upstream} could not be reached ({reason}); check --api-base-url and the network"
+    )
+
+
+def upstream_broke_off() -> ProxyError:
+    """An answer that broke off before anything of it was sent to the client."""
+    return UpstreamUnreachable(
+        "the API broke off its answer; retry, and check the API's health if it persists"
     )
 
 

@@ -4,67 +4,78 @@ headers dropped both ways, the bearer token set, the answer streamed through."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy, istr
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy.access import Exchange
 from proxy.body import CapturedBody
-from proxy.errors import AuthHostRefused, BadRequest, TargetNotAllowed, UpstreamUnreachable
+from proxy.errors import AuthHostRefused, BadRequest, TargetNotAllowed, upstream_broke_off
 from proxy.settings import is_auth_host
 from proxy.token_endpoint import Token
+from proxy.upstream_client import BodyBrokeOff, Response, UpstreamClient
 
-# RFC 9110 7.6.1, plus the proxy-only fields.
+# RFC 9110 7.6.1, plus the proxy-only fields; names are compared in lower case.
 HOP_BY_HOP = frozenset(
-    istr(name)
-    for name in (
-        "Connection",
-        "Keep-Alive",
-        "Proxy-Connection",
-        "TE",
-        "Trailer",
-        "Transfer-Encoding",
-        "Upgrade",
-        "Proxy-Authorization",
-        "Proxy-Authenticate",
-    )
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-authenticate",
+    }
 )
 # Never copied from the client: the proxy sets these itself.
-REQUEST_OWN = frozenset(
-    istr(name) for name in ("Host", "Content-Length", "Expect", "Authorization", "X-Request-Id")
-)
+REQUEST_OWN = frozenset({"host", "content-length", "expect", "authorization", "x-request-id"})
+_REQUEST_DROPPED = HOP_BY_HOP | REQUEST_OWN
+_RESPONSE_DROPPED = HOP_BY_HOP | {"x-request-id"}  # the client gets the proxy's request id
 # Answers up to this size, with a Content-Length, are read whole and sent in one write.
 SMALL_BODY = 64 * 1024
 _ABSOLUTE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)(.*)", re.DOTALL)
+Headers = CIMultiDictProxy[str] | CIMultiDict[str]
 
 
-def _dropped(headers: CIMultiDictProxy[str], always: frozenset[istr]) -> set[str]:
-    names: set[str] = set(always)
-    for value in headers.getall("Connection", ()):
-        names.update(istr(token.strip()) for token in value.split(",") if token.strip())
-    return names
+def _dropped(headers: Headers, always: frozenset[str]) -> frozenset[str]:
+    """`always`, plus the names the Connection header lists."""
+    listed = headers.getall("Connection", ())
+    if not listed:
+        return always
+    names = {name.strip().lower() for value in listed for name in value.split(",")}
+    return always | names
 
 
 def request_headers(
     incoming: CIMultiDictProxy[str], request_id: str, body_size: int | None
-) -> CIMultiDict[str]:
+) -> list[tuple[str, str]]:
     """The client's end-to-end headers, without Authorization; the token is added per send."""
-    drop = _dropped(incoming, HOP_BY_HOP | REQUEST_OWN)
-    headers: CIMultiDict[str] = CIMultiDict(
-        (name, value) for name, value in incoming.items() if name not in drop
-    )
-    headers["X-Request-Id"] = request_id
+    drop = _dropped(incoming, _REQUEST_DROPPED)
+    headers = [(name, value) for name, value in incoming.items() if name.lower() not in drop]
+    headers.append(("X-Request-Id", request_id))
     if body_size is not None:
-        headers["Content-Length"] = str(body_size)
+        headers.append(("Content-Length", str(body_size)))
     return headers
 
 
-def response_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    drop = _dropped(incoming, HOP_BY_HOP)
-    return CIMultiDict((name, value) for name, value in incoming.items() if name not in drop)
+def response_headers(
+    incoming: Headers, request_id: str, rewrite_location: Callable[[str], str]
+) -> list[tuple[str, str]]:
+    """The upstream's end-to-end headers, a Location rewritten, and the request id."""
+    drop = _dropped(incoming, _RESPONSE_DROPPED)
+    headers = [(name, value) for name, value in incoming.items() if name.lower() not in drop]
+    if "Location" in incoming:
+        headers = [
+            (name, rewrite_location(value) if name.lower() == "location" else value)
+            for name, value in headers
+        ]
+    headers.append(("X-Request-Id", request_id))
+    return headers
 
 
 @dataclass(frozen=True)
@@ -108,14 +119,6 @@ class Upstream:
             )
         return rest if rest.startswith("/") else "/" + rest
 
-    def url(self, target: str) -> URL:
-        # Concatenation, never join: a target such as //evil.example stays a path.
-        url = URL(self.base + target, encoded=True)
-        if target.endswith("?") and not url.raw_query_string:
-            # yarl drops an empty query; the client sent one, so the upstream gets one.
-            url._cache["raw_path_qs"] = url.raw_path + "?"
-        return url
-
     def rewrite_location(self, location: str, proxy_origin: str) -> str:
         """Point a redirect on the upstream's own origin back at the proxy."""
         if location.startswith(self.base + "/") or location == self.base:
@@ -128,28 +131,23 @@ def bearer(token: Token) -> str:
 
 
 async def send(
-    session: aiohttp.ClientSession,
+    client: UpstreamClient,
     method: str,
-    url: URL,
-    headers: CIMultiDict[str],
+    target: str,
+    headers: list[tuple[str, str]],
     body: CapturedBody | None,
     token: Token,
-) -> aiohttp.ClientResponse:
-    headers = headers.copy()
-    headers["Authorization"] = bearer(token)
-    return await session.request(
-        method,
-        url,
-        headers=headers,
-        data=body.payload() if body is not None else None,
-        allow_redirects=False,
-    )
+) -> Response:
+    """Send to the API base path + `target`, kept as given: the client concatenates, never
+    joins, so a target such as //evil.example stays a path."""
+    headers = [*headers, ("Authorization", bearer(token))]
+    return await client.request(method, target, headers, None if body is None else body.payload)
 
 
 async def relay(
     request: web.Request,
-    upstream: aiohttp.ClientResponse,
-    headers: CIMultiDict[str],
+    upstream: Response,
+    headers: list[tuple[str, str]],
     exchange: Exchange,
 ) -> web.StreamResponse:
     """Stream the upstream's answer to the client, counting the body bytes sent.
@@ -167,37 +165,30 @@ async def relay(
         return response
     while True:
         try:
-            chunk = await upstream.content.readany()
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError):
+            chunk = await upstream.readany()
+        except BodyBrokeOff:
             exchange.error = "upstream_broke_off"
             _abort(request)
-            upstream.close()
             return response
         if not chunk:
             break
         if exchange.bytes_out == 0 and upstream.status == 403:
             exchange.scope_hint(chunk)
-        try:
-            await response.write(chunk)
-        except ConnectionError:  # the client went away
-            upstream.close()
-            raise
+        await response.write(chunk)  # a client gone raises ConnectionError: the caller releases
         exchange.bytes_out += len(chunk)
     await response.write_eof()
     return response
 
 
 async def _whole(
-    upstream: aiohttp.ClientResponse, headers: CIMultiDict[str], exchange: Exchange
+    upstream: Response, headers: list[tuple[str, str]], exchange: Exchange
 ) -> web.Response:
     """A small answer of known length is read first and sent in one write: headers and body
     leave together, and a body that breaks off becomes a clean 502."""
     try:
         body = await upstream.read()
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError):
-        raise UpstreamUnreachable(
-            "the API broke off its answer; retry, and check the API's health if it persists"
-        ) from None
+    except BodyBrokeOff:
+        raise upstream_broke_off() from None
     if upstream.status == 403:
         exchange.scope_hint(body)
     exchange.bytes_out = len(body)

@@ -4,8 +4,7 @@ has) and send once more; a second 401 goes to the client as it is."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from proxy.token_endpoint import Token
 
@@ -26,8 +25,7 @@ class Tokens(Protocol):
 R = TypeVar("R", bound=Response)
 
 
-@dataclass(frozen=True)
-class Outcome(Generic[R]):
+class Outcome(NamedTuple, Generic[R]):
     response: R
     replayed: bool
 

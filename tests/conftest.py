@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
+import uvloop
 
 from proxy.servers import RunningProxy, RunningSimulator, running_proxy, settings_for
 from tests.rawhttp import RawUpstream
@@ -15,6 +17,20 @@ pytest_plugins = ["proxy.testing"]
 FAST_RETRIES = {"backoff_initial": 0.01}
 
 ProxyFactory = Callable[..., Awaitable[RunningProxy]]
+LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "uvloop_too: run on uvloop's event loop as well")
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, LoopFactory]:
+    """asyncio's event loop for every test; uvloop's as well for tests marked uvloop_too."""
+    if item.get_closest_marker("uvloop_too") is None:
+        return {"asyncio": asyncio.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture
