@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import random
 import time
 from collections import deque
@@ -115,7 +116,7 @@ class TokenSource:
                 self._start_refresh()
             return token
         if self._failure is not None and self._failing(now):
-            raise self._failure.error
+            raise _fresh(self._failure.error)
         return await self._await_refresh()
 
     async def renew(self, rejected: Token) -> Token:
@@ -151,15 +152,20 @@ class TokenSource:
         return self._inflight
 
     async def _await_refresh(self) -> Token:
+        # asyncio.wait neither cancels the shared fetch nor raises its error: the error object is
+        # shared by every waiter, and raising it again would chain each waiter's frame onto it.
         task = self._start_refresh()
-        try:
-            return await asyncio.wait_for(asyncio.shield(task), self.wait_timeout)
-        except TimeoutError:
+        await asyncio.wait((task,), timeout=self.wait_timeout)
+        if not task.done():
             raise TokenUnavailable(
                 "no token yet: the token endpoint has not answered within --token-timeout;"
                 " check AGENTSYNC_TOKEN_URL and the network",
                 retry_after=self.backoff_initial * 4,
-            ) from None
+            )
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise _fresh(error)
+        return task.result()
 
     async def _refresh(self) -> Token:
         try:
@@ -233,6 +239,16 @@ def _log_retry(state: RetryCallState) -> None:
         error=getattr(error, "description", type(error).__name__),
         retry_in=round(state.upcoming_sleep, 3),
     )
+
+
+def _fresh(error: BaseException) -> BaseException:
+    """A copy of a remembered error, to raise without its traceback: raising the stored object
+    again would append every caller's frames to it and keep their requests in memory."""
+    if not isinstance(error, TokenError):
+        return error
+    fresh = copy.copy(error)
+    fresh.__traceback__ = None
+    return fresh
 
 
 def _consume_exception(task: asyncio.Task[Token]) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import pytest
 
@@ -173,3 +175,47 @@ def test_token_repr_hides_the_value() -> None:
     token = Token(Secret("s3cr3t-token"), 1.0, 1.0, "scope", 1.0)
     assert "s3cr3t-token" not in repr(token)
     assert "s3cr3t-token" not in str(token.value)
+
+
+class Caller:
+    """Stands for a request whose frame must be freed once its error answer is made."""
+
+
+async def failing_call(tokens: TokenSource, caller: Caller) -> tuple[str, str, float | None]:
+    """What a request learns of the failure (not the error object, whose traceback holds this
+    frame and so `caller` until it is dropped)."""
+    try:
+        await tokens.token()
+    except (TokenRejected, TokenUnavailable) as exc:
+        return type(exc).__name__, str(exc), getattr(exc, "retry_after", None)
+    raise AssertionError("the token request was expected to fail")
+
+
+async def test_a_remembered_rejection_keeps_no_caller_alive() -> None:
+    clock = Clock()
+    tokens = source(ScriptedFetcher(clock, TokenRejected("invalid_client")), clock)
+    callers = [Caller() for _ in range(3)]
+    refs = [weakref.ref(caller) for caller in callers]
+    errors = [await failing_call(tokens, caller) for caller in callers]
+    del callers
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None, None]
+    assert errors == [("TokenRejected", "invalid_client", None)] * 3
+
+
+async def test_callers_waiting_on_a_failing_fetch_are_not_kept_alive() -> None:
+    clock = Clock()
+    fetcher = ScriptedFetcher(clock, TokenUnavailable("down", retry_after=30.0))
+    fetcher.gate = asyncio.Event()
+    tokens = source(fetcher, clock, max_attempts=1)
+    callers = [Caller() for _ in range(3)]
+    refs = [weakref.ref(caller) for caller in callers]
+    waiting = [asyncio.ensure_future(failing_call(tokens, caller)) for caller in callers]
+    await asyncio.sleep(0)
+    fetcher.gate.set()
+    errors = await asyncio.gather(*waiting)
+    del callers, waiting
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None, None]
+    assert errors == [("TokenUnavailable", "down", 30.0)] * 3
+    assert len(fetcher.calls) == 1
