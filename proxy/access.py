@@ -76,7 +76,7 @@ class Exchange:
         if self.upstream_seconds is not None:
             metrics.upstream_duration.observe(self.upstream_seconds)
         if self.replayed:
-            metrics.replays.labels("rejected" if self.upstream_status == 401 else "success").inc()
+            metrics.replays.labels(self._replay_outcome()).inc()
         if self.error is not None:
             metrics.errors.labels(self.error).inc()
         log.info(
@@ -96,6 +96,14 @@ class Exchange:
             client=self.client,
             **({"error": self.error} if self.error else {}),
         )
+
+    def replaying(self) -> None:
+        self.replayed = True
+
+    def _replay_outcome(self) -> str:
+        if self.upstream_status is None:
+            return "failed"  # the replay got no answer: the upstream was unreachable or slow
+        return "rejected" if self.upstream_status == 401 else "success"
 
     def scope_hint(self, body_start: bytes) -> None:
         """AgentSync refuses a call whose token lacks a scope with 'Policy evaluation failed'."""

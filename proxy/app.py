@@ -123,17 +123,17 @@ async def forward(request: web.Request) -> web.StreamResponse:
         client = app[CLIENT]
         sent_at = time.perf_counter()
         try:
-            outcome = await send_with_replay(
+            answer = await send_with_replay(
                 lambda token: forwarding.send(client, request.method, target, headers, body, token),
                 app[TOKENS],
+                exchange.replaying,
             )
         except ClientError as exc:
             log.warning("upstream_failed", request_id=exchange.request_id, exc_info=exc)
             raise upstream_failure(exc, upstream.origin) from None
         exchange.upstream_seconds = time.perf_counter() - sent_at
-        async with outcome.response as upstream_response:
+        async with answer as upstream_response:
             exchange.status = exchange.upstream_status = upstream_response.status
-            exchange.replayed = outcome.replayed
             out_headers = forwarding.response_headers(
                 upstream_response.headers,
                 exchange.request_id,

@@ -4,7 +4,7 @@ has) and send once more; a second 401 goes to the client as it is."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, NamedTuple, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from proxy.token_endpoint import Token
 
@@ -25,16 +25,16 @@ class Tokens(Protocol):
 R = TypeVar("R", bound=Response)
 
 
-class Outcome(NamedTuple, Generic[R]):
-    response: R
-    replayed: bool
-
-
-async def send_with_replay(send: Callable[[Token], Awaitable[R]], tokens: Tokens) -> Outcome[R]:
+async def send_with_replay(
+    send: Callable[[Token], Awaitable[R]], tokens: Tokens, replaying: Callable[[], None]
+) -> R:
+    """The upstream's answer; `replaying` is told before the request is sent a second time, so
+    that a replay which then fails is still known as one."""
     token = await tokens.token()
     response = await send(token)
     if response.status != 401:
-        return Outcome(response, replayed=False)
+        return response
     response.release()  # the rejected answer is let go before the replay
     fresh = await tokens.renew(token)
-    return Outcome(await send(fresh), replayed=True)
+    replaying()
+    return await send(fresh)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -125,6 +126,32 @@ async def test_metrics_count_requests_replays_token_failures_and_errors(
     assert value("agentsync_proxy_response_body_bytes_total") == 6
     assert value("agentsync_proxy_token_request_duration_seconds_count") == 3
     assert 3500 < value("agentsync_proxy_token_expires_in_seconds") <= 3600
+
+
+async def test_a_replay_that_gets_no_answer_is_logged_and_counted_as_a_failed_replay(
+    make_proxy: ProxyFactory, upstream: RawUpstream, logs: list[dict[str, Any]]
+) -> None:
+    seen: list[str] = []
+    replay_arrived = asyncio.Event()
+
+    async def refuse_then_hang(received: Received, writer: Writer) -> None:
+        seen.append(received.header("Authorization") or "")
+        if len(seen) == 1:
+            writer.write(response_bytes(401, b"{}"))
+            await writer.drain()
+        else:
+            replay_arrived.set()
+            await asyncio.Event().wait()  # never answers; the proxy's timeout ends it
+
+    upstream.responder = refuse_then_hang
+    proxy = await make_proxy(upstream_timeout=0.5)
+    status, body = await get(proxy.url + "/v1/x")
+    assert (status, body["error"]) == (504, "upstream_timeout")
+    assert replay_arrived.is_set() and seen[0] != seen[1]
+    metrics = await scrape(proxy)
+    assert metrics[("agentsync_proxy_replays_total", (("outcome", "failed"),))] == 1
+    [line] = [entry for entry in logs if entry["event"] == "request"]
+    assert (line["status"], line["replayed"], line["error"]) == (504, True, "upstream_timeout")
 
 
 async def test_access_line_has_every_field_and_masks_query_values(

@@ -169,6 +169,8 @@ async def test_replay_policy_lets_the_401_go_and_reports_a_failed_renewal() -> N
     async def send(token: Token) -> FakeResponse:
         return rejected
 
+    replays: list[None] = []
     with pytest.raises(TokenUnavailable):
-        await send_with_replay(send, TokensThatCannotRenew())
+        await send_with_replay(send, TokensThatCannotRenew(), lambda: replays.append(None))
     assert rejected.released
+    assert replays == []  # without a new token nothing was sent again
