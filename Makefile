@@ -18,6 +18,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict proxy tests bench
+	$(BIN)/mypy --strict soak
 	$(BIN)/hadolint Dockerfile
 
 test: lint
@@ -25,6 +26,9 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+soak: $(STAMP)
+	$(BIN)/python soak/run.py
 
 clean:
 	rm -rf $(VENV) build dist .mypy_cache .pytest_cache .ruff_cache
