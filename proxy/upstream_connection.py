@@ -149,6 +149,7 @@ class Connection(asyncio.Protocol):
         self._answer: asyncio.Future[Response] | None = None  # ... until its headers are in
         self._head_only = self._received = self._reusable = self._until_eof = False
         self._informational = self._reading_paused = self._writing_paused = False
+        self._awaiting_body = False
         self._reason = b""
         self._headers: list[tuple[str, str]] = []
         self._last_progress = 0.0
@@ -188,8 +189,11 @@ class Connection(asyncio.Protocol):
     async def _write_chunks(
         self, chunks: AsyncIterator[bytes], answer: asyncio.Future[Response]
     ) -> None:
+        # While the next chunk is awaited from the client, the upstream is not the slow one.
+        self._awaiting_body = True
         try:
             async for chunk in chunks:
+                self._awaiting_body, self._last_progress = False, self.loop.time()
                 if answer.done():  # answered, or failed, before the whole body was sent
                     self._reusable = False
                     return
@@ -197,7 +201,9 @@ class Connection(asyncio.Protocol):
                 if self._writing_paused:
                     self._drained = self.loop.create_future()
                     await self._drained
+                self._awaiting_body = True
         finally:
+            self._awaiting_body, self._last_progress = False, self.loop.time()
             if isinstance(chunks, AsyncGenerator):
                 await chunks.aclose()
 
@@ -310,8 +316,13 @@ class Connection(asyncio.Protocol):
     def check_progress(self, now: float) -> None:
         """Called by the pool every so often: fail an exchange gone quiet for the timeout."""
         timeout = self._pool.timeout
-        if self._response is None or self._reading_paused or now - self._last_progress < timeout:
-            return  # idle, or our own reader is the slow one, or not yet
+        if (
+            self._response is None
+            or self._reading_paused
+            or self._awaiting_body
+            or now - self._last_progress < timeout
+        ):
+            return  # idle, or our own client is the slow one, or not yet
         if self._answer is not None and not self._answer.done():
             self._break(ResponseTimeout(f"no answer within {timeout:g} s"))
         else:

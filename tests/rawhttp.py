@@ -142,6 +142,7 @@ class RawUpstream(LoopbackServer):
         super().__init__()
         self.received: list[Received] = []
         self.responder: Responder = reply()
+        self.head_arrived = asyncio.Event()  # a request's head, before its body is read
         self.arrived = asyncio.Event()
 
     async def exchange(
@@ -151,6 +152,7 @@ class RawUpstream(LoopbackServer):
         reader: asyncio.StreamReader,
         writer: Writer,
     ) -> bool:
+        self.head_arrived.set()
         body = await read_body(reader, headers)
         method, target, version = request_line.split(" ", 2)
         digest = hashlib.sha256(body).hexdigest()

@@ -9,7 +9,15 @@ import aiohttp
 import pytest
 
 from tests.conftest import ProxyFactory
-from tests.rawhttp import RawUpstream, Received, Writer, raw_request, reply, response_bytes
+from tests.rawhttp import (
+    RawUpstream,
+    Received,
+    Writer,
+    raw_request,
+    read_head,
+    reply,
+    response_bytes,
+)
 
 
 def http(target: str, *headers: str, method: str = "GET", body: bytes = b"") -> bytes:
@@ -352,6 +360,44 @@ async def test_request_body_and_method_pass_through(
     assert received.header("Content-Type") == "application/json"
     assert received.all("Content-Length") == [str(len(body))]
     assert "transfer-encoding" not in received.names
+
+
+async def test_a_large_request_body_goes_upstream_while_it_arrives(
+    make_proxy: ProxyFactory, upstream: RawUpstream
+) -> None:
+    proxy = await make_proxy(spool_threshold=64 * 1024)
+    body = bytes(range(256)) * 4096  # 1 MiB
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(http("/v1/upload", f"Content-Length: {len(body)}", method="PUT") + body[:300_000])
+    await writer.drain()
+    async with asyncio.timeout(5):
+        await upstream.head_arrived.wait()  # while the client still holds most of the body
+    writer.write(body[300_000:])
+    await writer.drain()
+    status_line, _ = await read_head(reader)
+    writer.close()
+    assert status_line.startswith("HTTP/1.1 200")
+    received = upstream.received[-1]
+    assert (received.method, received.body) == ("PUT", body)
+    assert received.all("Content-Length") == [str(len(body))]
+
+
+async def test_a_slow_upload_is_not_taken_for_a_silent_upstream(
+    make_proxy: ProxyFactory, upstream: RawUpstream
+) -> None:
+    proxy = await make_proxy(upstream_timeout=0.3, spool_threshold=64 * 1024)
+    body = b"s" * (512 * 1024)
+    parts = [body[i : i + 128 * 1024] for i in range(0, len(body), 128 * 1024)]
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(http("/v1/upload", f"Content-Length: {len(body)}", method="POST"))
+    for part in parts:
+        writer.write(part)
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the client's pace: 0.8 s in all, over the upstream timeout
+    status_line, _ = await read_head(reader)
+    writer.close()
+    assert status_line.startswith("HTTP/1.1 200")
+    assert upstream.received[-1].body == body
 
 
 async def test_chunked_request_body_is_sent_with_a_length(

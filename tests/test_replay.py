@@ -19,7 +19,16 @@ from proxy.servers import RunningSimulator, running_proxy, settings_for
 from proxy.token_endpoint import Token
 from tests.conftest import ProxyFactory
 from tests.leaks import temporary_files
-from tests.rawhttp import RawUpstream, Received, Writer, reply, response_bytes
+from tests.rawhttp import (
+    LoopbackServer,
+    RawUpstream,
+    Received,
+    Writer,
+    read_body,
+    read_head,
+    reply,
+    response_bytes,
+)
 
 
 def reject_first_token(upstream: RawUpstream) -> None:
@@ -123,6 +132,60 @@ async def test_large_body_is_spooled_replayed_from_disk_and_removed(
     assert first.body_sha256 == replay.body_sha256 == hashlib.sha256(body).hexdigest()
     assert replay.all("Content-Length") == [str(len(body))]
     assert temporary_files() == before
+
+
+class RefusesBeforeTheBody(LoopbackServer):
+    """Answers its first request 401 as soon as the head is in, before any of the body, and
+    records the body of every later one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first_head = asyncio.Event()
+        self.bodies: list[bytes] = []
+
+    async def exchange(
+        self,
+        request_line: str,
+        headers: list[tuple[str, str]],
+        reader: asyncio.StreamReader,
+        writer: Writer,
+    ) -> bool:
+        if not self.first_head.is_set():
+            self.first_head.set()
+            writer.write(response_bytes(401, b"{}"))
+            await writer.drain()
+            await read_body(reader, headers)  # whatever the proxy still sends is dropped
+            return True
+        self.bodies.append(await read_body(reader, headers))
+        writer.write(response_bytes(200, b"{}"))
+        await writer.drain()
+        return True
+
+
+async def test_a_body_still_arriving_when_the_401_comes_is_replayed_whole(
+    make_proxy: ProxyFactory,
+) -> None:
+    refusing = RefusesBeforeTheBody()
+    await refusing.start()
+    try:
+        proxy = await make_proxy(api_base_url=refusing.url, spool_threshold=64 * 1024)
+        body = os.urandom(1 << 20)
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        head = f"PUT /v1/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n\r\n"
+        writer.write(head.encode() + body[:300_000])
+        await writer.drain()
+        async with asyncio.timeout(5):
+            await refusing.first_head.wait()
+        writer.write(body[300_000:])
+        await writer.drain()
+        status_line, _ = await read_head(reader)
+        writer.close()
+    finally:
+        await refusing.close()
+    assert status_line.startswith("HTTP/1.1 200")
+    assert [hashlib.sha256(b).hexdigest() for b in refusing.bodies] == [
+        hashlib.sha256(body).hexdigest()
+    ]
 
 
 async def test_body_over_the_maximum_gets_413_and_nothing_is_forwarded(
