@@ -153,7 +153,7 @@ async def test_upstream_closing_before_answering_gives_502(
 
 
 async def test_client_disconnecting_mid_upload_completes_nothing_upstream_and_leaks_nothing(
-    make_proxy: ProxyFactory, upstream: RawUpstream
+    make_proxy: ProxyFactory, upstream: RawUpstream, logs: list[dict[str, Any]]
 ) -> None:
     proxy = await make_proxy(spool_threshold=1024)
     before = temporary_files()
@@ -169,6 +169,9 @@ async def test_client_disconnecting_mid_upload_completes_nothing_upstream_and_le
     await settled(proxy)
     assert upstream.received == []  # the upstream's connection was cut before the body's end
     assert temporary_files() == before
+    [line] = [entry for entry in logs if entry["event"] == "request"]
+    assert (line["status"], line["error"]) == (499, "client_disconnected")
+    assert line["bytes_in"] == 200_000
 
 
 async def test_client_disconnecting_mid_download_closes_the_upstream_connection(
