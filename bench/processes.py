@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -210,3 +211,10 @@ class PeakRss:
         self._poller.join()
         if self._hwm_reset:
             self.peak_kib = max(self.peak_kib, status_kib(self.pid, "VmHWM"))
+
+
+def show_logs(root: Path) -> None:
+    """The last lines of every server's log, to explain a failed run."""
+    for log in sorted(root.glob("*.log")):
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        print(f"--- {log.name}", *tail, sep="\n", file=sys.stderr)

@@ -177,13 +177,6 @@ def run(args: argparse.Namespace, procs: Processes, root: Path) -> Results:
     return results
 
 
-def show_logs(root: Path) -> None:
-    """The last lines of every server's log, to explain a failed run."""
-    for log in sorted(root.glob("*.log")):
-        tail = log.read_text(errors="replace").splitlines()[-15:]
-        print(f"--- {log.name}", *tail, sep="\n", file=sys.stderr)
-
-
 def main() -> int:
     args = parse_args()
     processes.ensure_tools()
@@ -192,7 +185,7 @@ def main() -> int:
         with Processes(root) as procs:
             results = run(args, procs, root)
     except BaseException:
-        show_logs(root)
+        processes.show_logs(root)
         raise
     finally:
         shutil.rmtree(root, ignore_errors=True)

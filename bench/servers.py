@@ -25,7 +25,7 @@ def agentsync_proxy_command() -> str:
     beside = Path(sys.executable).parent / "agentsync-proxy"
     found = str(beside) if beside.exists() else shutil.which("agentsync-proxy")
     if found is None:
-        raise RuntimeError("agentsync-proxy is not installed: run `make bench`, not the script")
+        raise RuntimeError("agentsync-proxy is not installed: run `make bench` or `make soak`")
     return found
 
 

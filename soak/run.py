@@ -44,7 +44,7 @@ import workload
 from access_log import replay_disagreements
 from chaos import Chaos
 from chaos import describe as describe_chaos
-from children import SOAK_DIR, Children
+from children import SOAK_DIR, Processes, show_logs
 from echo_upstream import KEEPALIVE_TIMEOUT
 from footprint import Footprint, Sampler
 from stack import Servers, get_json, proxy_metrics, wait_idle, wait_ready
@@ -244,19 +244,12 @@ def footprint_checks(result: Result, in_flight: float) -> list[Check]:
     ]
 
 
-def show_logs(root: Path) -> None:
-    """The last lines of every server's log, to explain a failed run."""
-    for log in sorted(root.glob("*.log")):
-        tail = log.read_text(errors="replace").splitlines()[-15:]
-        print(f"--- {log.name}", *tail, sep="\n", file=sys.stderr)
-
-
 def main() -> int:
     args = parse_args()
     root = Path(tempfile.mkdtemp(prefix="agentsync-soak-"))
     result = Result(header=header(args))
     try:
-        with Children(root) as children:
+        with Processes(root) as children:
             servers = stack.start(children, root)
             asyncio.run(soak(args, servers, result))
     except BaseException:

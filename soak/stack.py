@@ -14,7 +14,7 @@ from children import (
     CLIENT_ID,
     CLIENT_SECRET,
     SOAK_DIR,
-    Children,
+    Processes,
     agentsync_proxy_command,
     clean_environ,
     free_port,
@@ -53,7 +53,7 @@ def settings() -> str:
     )
 
 
-def start(children: Children, root: Path) -> Servers:
+def start(children: Processes, root: Path) -> Servers:
     simulator_port, upstream_port, proxy_port = free_port(), free_port(), free_port()
     start_simulator(children, simulator_port)
     start_upstream(children, upstream_port, simulator_port)
@@ -72,14 +72,14 @@ def start(children: Children, root: Path) -> Servers:
     )
 
 
-def start_simulator(children: Children, port: int) -> None:
+def start_simulator(children: Processes, port: int) -> None:
     argv = [agentsync_proxy_command(), "simulator", "--listen", f"127.0.0.1:{port}"]
     argv += ["--client-id", CLIENT_ID, "--client-secret", CLIENT_SECRET]
     argv += ["--token-lifetime", str(TOKEN_LIFETIME), "--log-format", "json"]
     wait_for_port(port, children.start("simulator", argv, clean_environ()), "the simulator")
 
 
-def start_upstream(children: Children, port: int, simulator_port: int) -> None:
+def start_upstream(children: Processes, port: int, simulator_port: int) -> None:
     argv = [sys.executable, str(SOAK_DIR / "echo_upstream.py"), str(port), url(simulator_port)]
     wait_for_port(port, children.start("upstream", argv, clean_environ()), "the soak upstream")
 
