@@ -9,14 +9,12 @@ import sys
 from collections.abc import Mapping, Sequence
 
 import structlog
-from aiohttp import web
 
 from proxy import __version__, logs
 from proxy.servers import RunningProxy, RunningSimulator, running_proxy, running_simulator
 from proxy.servers import settings_for as proxy_settings_for
 from proxy.settings import ConfigError, Listen, parse_listen
 from proxy.simulator import SimulatorConfig
-from proxy.simulator import create_app as create_simulator_app
 
 
 def _positive(text: str) -> float:
@@ -92,15 +90,7 @@ def main(command: str, argv: Sequence[str], environ: Mapping[str, str]) -> int:
     )
     logs.configure(args.log_format, "info")
     if command == "simulator":
-        listen = _address("--listen", args.listen)
-        structlog.get_logger("proxy.simulator").info("simulator_listening", listen=str(listen))
-        web.run_app(
-            create_simulator_app(config),
-            host=listen.host,
-            port=listen.port,
-            access_log=None,
-            print=None,
-        )
+        asyncio.run(_simulator(config, _address("--listen", args.listen)))
         return 0
     proxy_listen = _address("--listen", args.listen)
     simulator_listen = _address("--simulator-listen", args.simulator_listen)
@@ -108,17 +98,31 @@ def main(command: str, argv: Sequence[str], environ: Mapping[str, str]) -> int:
     return 0
 
 
+async def _simulator(config: SimulatorConfig, listen: Listen) -> None:
+    async with running_simulator(config, listen.host, listen.port) as sim:
+        structlog.get_logger("proxy.simulator").info("simulator_listening", url=sim.url)
+        await _stopped()
+
+
 async def _demo(config: SimulatorConfig, proxy_listen: Listen, simulator_listen: Listen) -> None:
+    simulator = running_simulator(
+        config, simulator_listen.host, simulator_listen.port, flag="--simulator-listen"
+    )
+    async with simulator as sim:
+        settings = proxy_settings_for(sim, listen=proxy_listen, log_format="console")
+        async with running_proxy(settings) as proxy:
+            print(instructions(sim, proxy), flush=True)
+            await _stopped()
+    print("demo stopped", file=sys.stderr)
+
+
+async def _stopped() -> None:
+    """Return on Ctrl-C or SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with running_simulator(config, simulator_listen.host, simulator_listen.port) as sim:
-        settings = proxy_settings_for(sim, listen=proxy_listen, log_format="console")
-        async with running_proxy(settings) as proxy:
-            print(instructions(sim, proxy), flush=True)
-            await stop.wait()
-    print("demo stopped", file=sys.stderr)
+    await stop.wait()
 
 
 def instructions(sim: RunningSimulator, proxy: RunningProxy) -> str:

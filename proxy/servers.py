@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -11,7 +13,7 @@ from aiohttp import web
 
 from proxy.app import create_app
 from proxy.credentials import ClientSecret, Secret
-from proxy.settings import Listen, Settings
+from proxy.settings import ConfigError, Listen, Settings
 from proxy.simulator import SIMULATOR_STATE, SimulatorConfig, SimulatorState
 from proxy.simulator import create_app as create_simulator_app
 
@@ -39,24 +41,49 @@ class RunningProxy:
     app: web.Application = field(repr=False)
 
 
-async def _start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+async def listen(runner: web.AppRunner, flag: str, host: str, port: int, **options: Any) -> None:
+    """Serve the runner's app on host:port; an address that cannot be had is the user's
+    configuration problem, one line naming the setting."""
+    try:
+        await web.TCPSite(runner, host, port, **options).start()
+    except OSError as exc:
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            reason += "; another process listens there: stop it, or choose another address"
+        raise ConfigError([f"{flag} {_authority(host, port)}: {reason}"]) from None
+
+
+async def _start(
+    app: web.Application, flag: str, host: str, port: int
+) -> tuple[web.AppRunner, int]:
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await listen(runner, flag, host, port)
+    except BaseException:
+        await runner.cleanup()
+        raise
     return runner, int(runner.addresses[0][1])
 
 
+def _authority(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _origin(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return "http://" + _authority(host, port)
 
 
 @asynccontextmanager
 async def running_simulator(
-    config: SimulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0
+    config: SimulatorConfig | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    flag: str = "--listen",
 ) -> AsyncIterator[RunningSimulator]:
     config = config or SimulatorConfig()
     app = create_simulator_app(config)
-    runner, bound = await _start(app, host, port)
+    runner, bound = await _start(app, flag, host, port)
     try:
         yield RunningSimulator(_origin(host, bound), config, app)
     finally:
@@ -80,7 +107,7 @@ def settings_for(simulator: RunningSimulator, **overrides: Any) -> Settings:
 @asynccontextmanager
 async def running_proxy(settings: Settings, **app_options: Any) -> AsyncIterator[RunningProxy]:
     app = create_app(settings, **app_options)
-    runner, bound = await _start(app, settings.listen.host, settings.listen.port)
+    runner, bound = await _start(app, "--listen", settings.listen.host, settings.listen.port)
     try:
         yield RunningProxy(_origin(settings.listen.host, bound), bound, settings, app)
     finally:

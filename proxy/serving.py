@@ -18,6 +18,7 @@ from aiohttp import web
 from proxy import __version__
 from proxy.app import create_app
 from proxy.keys import SHUTTING_DOWN
+from proxy.servers import listen
 from proxy.settings import Settings
 
 log = structlog.get_logger("proxy")
@@ -74,14 +75,14 @@ async def _run(settings: Settings, reuse_port: bool) -> int:
     )
     await runner.setup()
     try:
-        site = web.TCPSite(
+        await listen(
             runner,
+            "--listen",
             settings.listen.host,
             settings.listen.port,
             backlog=BACKLOG,
             reuse_port=reuse_port or None,
         )
-        await site.start()
         log.info(
             "listening",
             listen=str(settings.listen),

@@ -7,7 +7,8 @@ import hashlib
 import json
 import os
 import signal
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
@@ -200,6 +201,35 @@ async def test_unknown_flag_is_a_usage_error(command: str) -> None:
     result = await run_cli(command, "--no-such-flag")
     assert result.status == 2
     assert "unrecognized arguments: --no-such-flag" in result.stderr
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A loopback port another process's socket already listens on."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield holder.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("command", "flag"),
+    [
+        ("serve", "--listen"),
+        ("simulator", "--listen"),
+        ("demo", "--listen"),
+        ("demo", "--simulator-listen"),
+    ],
+)
+async def test_a_port_in_use_is_one_line_and_exit_2(
+    agentsync_simulator: RunningSimulator, taken_port: int, command: str, flag: str
+) -> None:
+    address = f"127.0.0.1:{taken_port}"
+    done = await run_cli(command, flag, address, env=simulator_env(agentsync_simulator))
+    assert done.status == 2, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    [line] = [line for line in done.stderr.splitlines() if address in line]
+    assert line.startswith(f"agentsync-proxy: {flag} {address}: address already in use")
 
 
 async def test_workers_share_the_port_and_stop_together(
