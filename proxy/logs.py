@@ -14,6 +14,7 @@ from typing import Any, TextIO, cast
 
 import orjson
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 from structlog.tracebacks import ExceptionDictTransformer
 
 SENSITIVE_KEYS = frozenset(
@@ -143,6 +144,20 @@ def processors(log_format: str) -> tuple[list[Any], Any]:
     return chain, renderer
 
 
+def malformed_requests(record: logging.LogRecord) -> bool:
+    """aiohttp logs each request it cannot parse at ERROR, with a traceback: that is a client's
+    mistake (or a port scanner), not the proxy's. It becomes one warning line saying what was
+    wrong, and from whom."""
+    error = record.exc_info[1] if record.exc_info else None
+    if isinstance(error, HttpProcessingError) and record.name == "aiohttp.server":
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg, record.exc_info = "malformed_request", None
+        record.client = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        record.reason = error.message.strip().splitlines()[0] if error.message else str(error)
+        record.args = ()
+    return True
+
+
 def configure(log_format: str | None, level: str) -> None:
     """JSON off a terminal, console on one, unless the format is given. Records of the
     standard library's loggers (aiohttp's, asyncio's) are rendered the same way."""
@@ -159,10 +174,15 @@ def configure(log_format: str | None, level: str) -> None:
     handler = logging.StreamHandler(cast(TextIO, stream))
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[structlog.stdlib.add_logger_name, *chain],
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                structlog.stdlib.ExtraAdder(allow=("client", "reason")),
+                *chain,
+            ],
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         )
     )
+    handler.addFilter(malformed_requests)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric_level, logging.INFO))

@@ -191,6 +191,28 @@ async def test_logs_never_contain_a_token_or_the_secret(
         assert secret not in logs
 
 
+async def test_a_malformed_request_is_one_warning_line_without_a_traceback(
+    agentsync_simulator: RunningSimulator, unused_tcp_port: int
+) -> None:
+    env = simulator_env(agentsync_simulator)
+    async with serve(env, unused_tcp_port) as proxy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(
+            b"POST /v1/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 3\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\nabc"
+        )
+        assert (await reader.readline()).split(b" ")[1] == b"400"
+        writer.close()
+        proxy.process.send_signal(signal.SIGTERM)
+        out, err = await proxy.process.communicate()
+    records = [json.loads(line) for line in (out + err).decode().splitlines()]
+    [malformed] = [r for r in records if r["event"] == "malformed_request"]
+    assert (malformed["level"], malformed["client"]) == ("warning", "127.0.0.1")
+    assert "Transfer-Encoding" in malformed["reason"]
+    assert "exception" not in malformed
+    assert [r for r in records if r["level"] == "error"] == []
+
+
 async def post(session: aiohttp.ClientSession, url: str, body: object = None) -> None:
     async with session.post(url, json=body if body is not None else {}) as response:
         assert response.status == 200, await response.text()
