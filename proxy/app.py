@@ -79,17 +79,18 @@ def create_app(
     app.cleanup_ctx.append(resources)
     app.on_shutdown.append(on_shutdown)
     operations.add_routes(app)
-    app.router.add_route("*", "/{tail:.*}", forward, expect_handler=expect_body)
+    app.router.add_route("*", "/{tail:.*}", forward, expect_handler=continue_later)
     return app
 
 
-async def expect_body(request: web.Request) -> None:
-    """Answer 100 Continue only to a body the proxy will take."""
-    settings = request.app[SETTINGS]
-    length = request.content_length
-    if length is not None and length > settings.max_body_size:
-        raise RequestTooLarge(too_large_description(settings.max_body_size))
-    if request.version >= aiohttp.HttpVersion11 and request.transport is not None:
+async def continue_later(request: web.Request) -> None:
+    """Send no 100 Continue yet: the handler sends it once the guard has let the request pass
+    and its declared size fits, so a refused client never sends the body."""
+
+
+def send_continue(request: web.Request) -> None:
+    expects = request.headers.get("Expect", "").lower() == "100-continue"
+    if expects and request.version >= aiohttp.HttpVersion11 and request.transport is not None:
         request.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
 
@@ -111,6 +112,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
         if request.body_exists:
             if (request.content_length or 0) > settings.max_body_size:
                 raise RequestTooLarge(too_large_description(settings.max_body_size))
+            send_continue(request)
             body = CapturedBody(
                 request.content, max_size=settings.max_body_size, threshold=settings.spool_threshold
             )

@@ -424,3 +424,37 @@ async def test_request_without_body_adds_no_body_headers(
     assert "content-length" not in names
     assert "content-type" not in names
     assert "user-agent" not in names
+
+
+async def test_expect_100_continue_is_answered_before_the_body_is_forwarded(
+    make_proxy: ProxyFactory, upstream: RawUpstream
+) -> None:
+    proxy = await make_proxy()
+    body = b"b" * 5000
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    head = http("/v1/x", "Expect: 100-continue", f"Content-Length: {len(body)}", method="PUT")
+    writer.write(head)
+    await writer.drain()
+    interim, _ = await read_head(reader)  # the client waits for it before sending the body
+    writer.write(body)
+    await writer.drain()
+    final, _ = await read_head(reader)
+    writer.close()
+    assert interim == "HTTP/1.1 100 Continue"
+    assert final.startswith("HTTP/1.1 200")
+    received = upstream.received[-1]
+    assert received.body == body
+    assert "expect" not in received.names
+
+
+async def test_expect_100_continue_with_a_body_over_the_maximum_gets_413_at_once(
+    make_proxy: ProxyFactory, upstream: RawUpstream
+) -> None:
+    proxy = await make_proxy(max_body_size=1000)
+    response = await raw_request(
+        proxy.port, http("/v1/x", "Expect: 100-continue", "Content-Length: 5000", method="POST")
+    )
+    assert response.status == 413
+    assert response.header("Content-Type") == "application/json"
+    assert b'"request_too_large"' in response.body
+    assert upstream.received == []
