@@ -11,6 +11,7 @@ from functools import lru_cache
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from proxy.access import Exchange, new_request_id
 from proxy.errors import (
     BadRequest,
     ClientNotAllowed,
@@ -20,12 +21,16 @@ from proxy.errors import (
     ProxyError,
     error_response,
 )
+from proxy.keys import METRICS, SETTINGS
 from proxy.settings import IPNetwork, Settings, is_loopback_host
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CORS_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 # Browsers mark the requests a page makes; curl and applications send no Sec-Fetch-Site at all.
 SAFE_FETCH_SITES = frozenset({"none", "same-origin"})
+# Liveness and readiness answer whatever the Host: an orchestrator probes by address. Metrics do
+# not, so that a page reached by DNS rebinding cannot read them.
+PROBES = frozenset({"/-/healthy", "/-/ready"})
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,7 @@ def check(policy: Policy, request: web.Request) -> None:
         raise MethodNotAllowed("CONNECT is not supported: this is a reverse proxy")
     if request.raw_path == "*":
         raise BadRequest("the request target * is not supported; send a path such as /v1/...")
-    probe = request.raw_path.startswith("/-/")
+    probe = request.raw_path in PROBES
     origin_form = request.raw_path.startswith("/")
     host = request.headers.get("Host")
     if origin_form and not probe and host is not None and not policy.host_allowed(host):
@@ -116,6 +121,25 @@ def preflight(request: web.Request) -> web.Response:
     return web.Response(status=204, headers=headers)
 
 
+def answered_here(request: web.Request, error: ProxyError | None = None) -> web.Response:
+    """A refusal, or a preflight's answer: logged and counted like every request, never
+    forwarded."""
+    exchange = Exchange(
+        request_id=request.headers.get("X-Request-Id") or new_request_id(),
+        method=request.method,
+        target=request.raw_path,
+        client=request.remote,
+    )
+    if error is None:
+        response = preflight(request)
+        exchange.status = response.status
+    else:
+        response = error_response(error, exchange.request_id)
+        exchange.status, exchange.error = error.status, error.code
+    exchange.finish(request.app[METRICS], request.app[SETTINGS].log_query)
+    return response
+
+
 def cors_headers(
     policy: Policy,
 ) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
@@ -136,13 +160,13 @@ def middleware(policy: Policy) -> Middleware:
         try:
             check(policy, request)
         except ProxyError as error:
-            return error_response(error, request.headers.get("X-Request-Id"))
+            return answered_here(request, error)
         if (
             request.method == "OPTIONS"
             and "Origin" in request.headers
             and "Access-Control-Request-Method" in request.headers
         ):
-            return preflight(request)
+            return answered_here(request)
         return await handler(request)
 
     return guard

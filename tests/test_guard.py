@@ -6,6 +6,7 @@ import ipaddress
 import socket
 
 import pytest
+import structlog
 
 from proxy.settings import Listen
 from tests.conftest import ProxyFactory
@@ -153,17 +154,21 @@ async def test_preflight_from_an_allowed_origin_is_answered_not_forwarded(
     make_proxy: ProxyFactory, upstream: RawUpstream
 ) -> None:
     proxy = await make_proxy(allowed_origins=("https://app.example.com",))
-    response = await raw_request(
-        proxy.port,
-        request(
-            "/contracting/v1/customers/products/1",
-            "Host: 127.0.0.1",
-            "Origin: https://app.example.com",
-            "Access-Control-Request-Method: PUT",
-            "Access-Control-Request-Headers: content-type, x-trace",
-            method="OPTIONS",
-        ),
-    )
+    with structlog.testing.capture_logs() as logs:
+        response = await raw_request(
+            proxy.port,
+            request(
+                "/contracting/v1/customers/products/1",
+                "Host: 127.0.0.1",
+                "Origin: https://app.example.com",
+                "Access-Control-Request-Method: PUT",
+                "Access-Control-Request-Headers: content-type, x-trace",
+                method="OPTIONS",
+            ),
+        )
+    assert [(line["method"], line["status"]) for line in logs if line["event"] == "request"] == [
+        ("OPTIONS", 204)
+    ]
     assert response.status == 204
     assert response.header("Access-Control-Allow-Origin") == "https://app.example.com"
     assert "PUT" in (response.header("Access-Control-Allow-Methods") or "")
@@ -175,3 +180,63 @@ async def test_probes_answer_whatever_the_host(make_proxy: ProxyFactory) -> None
     proxy = await make_proxy()
     response = await raw_request(proxy.port, request("/-/healthy", "Host: 10.1.2.3:8080"))
     assert response.status == 200
+
+
+async def test_metrics_are_refused_to_a_foreign_host_and_probes_are_not(
+    make_proxy: ProxyFactory,
+) -> None:
+    proxy = await make_proxy()
+    metrics = await raw_request(proxy.port, request("/-/metrics", "Host: evil.example"))
+    assert metrics.status == 403
+    assert b'"host_not_allowed"' in metrics.body
+    for probe in ("/-/healthy", "/-/ready"):
+        response = await raw_request(proxy.port, request(probe, "Host: 10.1.2.3:8080"))
+        assert response.status != 403
+
+
+async def test_expect_100_continue_from_a_refused_origin_gets_403_without_continue(
+    make_proxy: ProxyFactory, upstream: RawUpstream
+) -> None:
+    proxy = await make_proxy()
+    response = await raw_request(
+        proxy.port,
+        request(
+            "/v1/x",
+            "Host: 127.0.0.1",
+            "Origin: https://evil.example",
+            "Expect: 100-continue",
+            "Content-Length: 10",
+            method="POST",
+        ),
+    )
+    assert response.status == 403
+    assert b'"origin_not_allowed"' in response.body
+    assert upstream.received == []
+
+
+async def test_refused_requests_get_an_access_line_and_are_counted(
+    make_proxy: ProxyFactory, upstream: RawUpstream
+) -> None:
+    proxy = await make_proxy()
+    refused = [
+        (request("/v1/a?secret=s3", "Host: evil.example"), 403, "host_not_allowed"),
+        (
+            request("/v1/b", "Host: 127.0.0.1", "Origin: https://evil.example"),
+            403,
+            "origin_not_allowed",
+        ),
+        (request("127.0.0.1:443", "Host: 127.0.0.1", method="CONNECT"), 405, "method_not_allowed"),
+    ]
+    with structlog.testing.capture_logs() as logs:
+        for data, status, _ in refused:
+            assert (await raw_request(proxy.port, data)).status == status
+    lines = [line for line in logs if line["event"] == "request"]
+    assert [(line["status"], line["error"]) for line in lines] == [
+        (status, code) for _, status, code in refused
+    ]
+    assert lines[0]["path"] == "/v1/a?secret=***"
+    assert all(line["request_id"] and line["client"] == "127.0.0.1" for line in lines)
+    text = (await raw_request(proxy.port, request("/-/metrics", "Host: 127.0.0.1"))).body.decode()
+    for _, _, code in refused:
+        assert f'agentsync_proxy_errors_total{{error="{code}"}} 1.0' in text
+    assert upstream.received == []
