@@ -179,12 +179,34 @@ class Connection(asyncio.Protocol):
                 self._transport.write(body)
             else:
                 self._transport.write(head)
-                await self._write_chunks(body, answer)
+                await self._send_body(body, answer)
             return await answer
         except BaseException:
             answer.cancel()  # nobody waits for it any more
             self.abort()
             raise
+
+    async def _send_body(
+        self, chunks: AsyncIterator[bytes], answer: asyncio.Future[Response]
+    ) -> None:
+        """Write the body while it arrives, until it ends or the upstream answers. An answer that
+        comes while the client is still sending goes back at once: the client may be waiting for
+        it. Only a 401, or a closed connection that will be retried, waits for the client's next
+        chunk, so that the body is kept whole for the second try."""
+        writing = self.loop.create_task(self._write_chunks(chunks, answer))
+        try:
+            await asyncio.wait((writing, answer), return_when=asyncio.FIRST_COMPLETED)
+            if not writing.done() and not _tried_again(answer):
+                self._reusable = False
+                writing.cancel()
+            await writing
+        except asyncio.CancelledError:
+            if not writing.cancelled():
+                raise  # the exchange itself was cancelled, not just the writing
+        finally:
+            if not writing.done():
+                writing.cancel()
+                await asyncio.wait((writing,))
 
     async def _write_chunks(
         self, chunks: AsyncIterator[bytes], answer: asyncio.Future[Response]
@@ -357,6 +379,17 @@ class Connection(asyncio.Protocol):
     def abort(self) -> None:
         self._reusable = False
         self._transport.abort()
+
+
+def _tried_again(answer: asyncio.Future[Response]) -> bool:
+    """Whether the request will be sent once more: a replay after a 401, or a retry on a fresh
+    connection (which needs the client's whole body)."""
+    if answer.cancelled():
+        return False
+    error = answer.exception()
+    if error is None:
+        return answer.result().status == 401
+    return isinstance(error, UpstreamClosed) and error.retryable
 
 
 def _retryable(error: UpstreamClosed) -> UpstreamClosed:
