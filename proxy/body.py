@@ -11,34 +11,46 @@ import fcntl
 import mmap
 import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 from aiohttp import StreamReader
 
 from proxy.errors import RequestTooLarge
 
+T = TypeVar("T")
+
 CHUNK = 256 * 1024
 # A body kept in memory above 1 MiB is sent part by part, never joined into one more copy.
 LARGEST_BYTES_PAYLOAD = 1 << 20
 SMALLEST_BLOCK, LARGEST_BLOCK = 64 * 1024, 4 << 20  # the spool's unit of writing
+BUFFERS = 3  # one block filling while up to two are written
 
 
 class Spool:
-    """A body in an unnamed temporary file: whole blocks written by a worker thread while the
+    """A body in an unnamed temporary file: whole blocks written by worker threads while the
     next one fills, with O_DIRECT where the file system allows it; the last, partial block stays
     in memory. On the benchmark machine writing 1 GiB through the page cache took 2 s of system
-    time, and 0.1 s past it. The event loop waits for the disk only when it is slower than the
-    network."""
+    time, and 0.1 s past it. With several blocks in flight the event loop waits for the disk only
+    when it is slower than the network. A thread still writing or reading keeps the file and
+    its buffers open, whatever was cancelled meanwhile; the last one to end closes them."""
 
     def __init__(self, block: int) -> None:
         self._block = block
-        self._file = tempfile.TemporaryFile(buffering=0)  # noqa: SIM115 - closed by close()
+        self._file = tempfile.TemporaryFile(buffering=0)  # noqa: SIM115 - closed by _free()
+        try:
+            self._buffers = [mmap.mmap(-1, block) for _ in range(BUFFERS)]
+        except BaseException:
+            self._file.close()
+            raise
         self._fd = self._file.fileno()
         _bypass_page_cache(self._fd)
-        self._blocks = 0  # whole blocks handed to the file
-        self._filling, self._spare = mmap.mmap(-1, block), mmap.mmap(-1, block)
+        self._filling, self._spare = self._buffers[0], deque(self._buffers[1:])
         self._filled = 0
-        self._writing: asyncio.Future[None] | None = None
+        self._blocks = 0  # whole blocks handed to the file
+        self._writes: deque[tuple[asyncio.Future[None], mmap.mmap]] = deque()  # oldest first
+        self._jobs: set[asyncio.Future[Any]] = set()  # in a thread, not yet ended
         self._closed = False
 
     async def append(self, chunk: bytes) -> None:
@@ -53,47 +65,64 @@ class Spool:
 
     async def read(self) -> AsyncIterator[bytes]:
         """Everything appended so far: the whole blocks from the file, then the last one."""
-        if self._writing is not None:
-            await self._writing  # also frees the spare block, the buffer to read into
-        loop = asyncio.get_running_loop()
+        while self._writes:
+            await self._write_ended()
+        buffer = self._spare[0]
         for block in range(self._blocks):
-            read = await loop.run_in_executor(
-                None, os.preadv, self._fd, [self._spare], block * self._block
+            read = await asyncio.shield(
+                self._in_thread(os.preadv, self._fd, [buffer], block * self._block)
             )
             if read != self._block:
                 raise OSError(errno.EIO, "the request body's temporary file ends early")
-            yield self._spare[:]
+            yield buffer[:]
         if self._filled:
             yield self._filling[: self._filled]
 
     async def close(self) -> None:
-        """Remove the file, once a write still running in its thread has ended."""
+        """Remove the file once no thread uses it. Freeing a large file's blocks takes the file
+        system a while (0.1 s a GiB on the benchmark machine): a thread does that too."""
         self._closed = True
-        if self._writing is not None and not self._writing.done():
-            with contextlib.suppress(Exception):  # the request has its answer already
-                await asyncio.shield(self._writing)  # cancelled: _written closes the file
-        self._release()
+        if self._jobs:
+            await asyncio.wait(set(self._jobs))  # being cancelled here leaves them to end
+        if not self._jobs and not self._file.closed:
+            await asyncio.shield(self._in_thread(self._free))
 
     async def _write_block(self) -> None:
-        if self._writing is not None:
-            await self._writing  # the spare block is free again; a failed write fails here
-        block, self._filling, self._spare = self._filling, self._spare, self._filling
+        if not self._spare:
+            await self._write_ended()
+        block, self._filling = self._filling, self._spare.popleft()
         offset, self._blocks, self._filled = self._blocks * self._block, self._blocks + 1, 0
-        loop = asyncio.get_running_loop()
-        self._writing = loop.run_in_executor(None, _write_block, self._fd, block, offset)
-        self._writing.add_done_callback(self._written)
+        self._writes.append((self._in_thread(_write_block, self._fd, block, offset), block))
 
-    def _written(self, writing: asyncio.Future[None]) -> None:
-        if self._closed:
-            if not writing.cancelled():
-                writing.exception()  # nobody will read it: the request has its answer
+    async def _write_ended(self) -> None:
+        """Wait for the oldest write; its buffer is free again. A failed write fails here."""
+        writing, block = self._writes[0]
+        await asyncio.shield(writing)  # a cancelled wait leaves the write to its thread
+        if self._writes and self._writes[0][0] is writing:
+            self._writes.popleft()
+            self._spare.append(block)
+
+    def _in_thread(self, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        job = asyncio.get_running_loop().run_in_executor(None, function, *args)
+        self._jobs.add(job)
+        job.add_done_callback(self._job_ended)
+        return job
+
+    def _job_ended(self, job: asyncio.Future[Any]) -> None:
+        self._jobs.discard(job)
+        if not job.cancelled():
+            job.exception()  # seen: whoever awaits the job still gets its error
+        if self._closed and not self._jobs:
             self._release()
 
     def _release(self) -> None:
-        if not self._file.closed:
-            self._file.close()
-            self._filling.close()
-            self._spare.close()
+        if not self._jobs and not self._file.closed:
+            self._free()
+
+    def _free(self) -> None:
+        self._file.close()
+        for buffer in self._buffers:
+            buffer.close()
 
 
 def _bypass_page_cache(fd: int) -> None:
@@ -180,7 +209,8 @@ class CapturedBody:
 
 
 def block_for(threshold: int) -> int:
-    """The spool's block: what stays in memory is no more than the threshold (or 64 KiB)."""
+    """The spool's block: no more than the threshold, from 64 KiB to 4 MiB. A spooled body
+    keeps BUFFERS of them in memory: 3 MiB at the default threshold of 1 MiB."""
     return min(LARGEST_BLOCK, max(SMALLEST_BLOCK, threshold - threshold % SMALLEST_BLOCK))
 
 
