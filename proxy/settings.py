@@ -4,6 +4,7 @@ table (in that order of precedence), then validated, with every problem reported
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -89,7 +90,10 @@ def _number(value: object, *, minimum: float = 0.0, allow_zero: bool = False) ->
         number = float(_text(value))
     except ValueError:
         raise ValueError(f"{value!r} is not a number of seconds") from None
-    if number < minimum or (number == minimum and not allow_zero) or number != number:
+    # float() also reads inf, nan and 1e400; no timer can be set that far (OverflowError).
+    if not math.isfinite(number):
+        raise ValueError(f"{value!r} is not a finite number of seconds (for example 30)")
+    if number < minimum or (number == minimum and not allow_zero):
         raise ValueError(f"{value!r} must be greater than {minimum:g}")
     return number
 

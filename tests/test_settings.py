@@ -101,6 +101,35 @@ def test_bad_settings_are_named_with_what_to_do(environ: dict[str, str], expecte
     assert expected in found[0]
 
 
+DURATIONS = (
+    "refresh_margin",
+    "token_timeout",
+    "default_token_lifetime",
+    "connect_timeout",
+    "upstream_timeout",
+    "shutdown_timeout",
+)
+
+
+@pytest.mark.parametrize("name", DURATIONS)
+@pytest.mark.parametrize("value", ["inf", "1e400", "-inf", "nan", "Infinity"])
+def test_durations_must_be_finite(name: str, value: str) -> None:
+    [problem] = problems({name: value}, BASE_ENV)
+    assert problem == (
+        f"--{name.replace('_', '-')}: {value!r} is not a finite number of seconds (for example 30)"
+    )
+
+
+def test_a_duration_from_the_file_must_be_finite_too(tmp_path: Path) -> None:
+    config = tmp_path / "proxy.toml"
+    config.write_text("token_timeout = inf\n")
+    [problem] = problems({"config": str(config)}, BASE_ENV)
+    assert (
+        problem
+        == f"{config}: token_timeout: inf is not a finite number of seconds (for example 30)"
+    )
+
+
 @pytest.mark.parametrize(
     "url", ["http://127.0.0.1:8090", "http://localhost:8090/api", "http://[::1]:8090"]
 )
