@@ -19,6 +19,7 @@ from proxy.environments import load_environments
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+MAX_DIGITS = 18  # every whole-number setting fits in 64 bits
 
 
 class ConfigError(Exception):
@@ -85,9 +86,19 @@ def _nonempty(value: object) -> str:
     return text
 
 
+def _ascii_digits(text: str) -> int | None:
+    """A whole number in ASCII digits: isdigit() and int() also take '²' and '١٢'."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    return int(text) if len(text.lstrip("0")) <= MAX_DIGITS else None
+
+
 def _number(value: object, *, minimum: float = 0.0, allow_zero: bool = False) -> float:
+    text = _text(value)
     try:
-        number = float(_text(value))
+        if not text.isascii():  # float() reads other scripts' digits too
+            raise ValueError(text)
+        number = float(text)
     except ValueError:
         raise ValueError(f"{value!r} is not a number of seconds") from None
     # float() also reads inf, nan and 1e400; no timer can be set that far (OverflowError).
@@ -108,9 +119,12 @@ def _seconds_or_zero(value: object) -> float:
 
 def _count(value: object) -> int:
     text = _text(value).replace("_", "")
-    if not text.isdigit() or int(text) < 1:
+    number = _ascii_digits(text)
+    if number is None and text.isascii() and text.isdigit():
+        raise ValueError(f"a {len(text)}-digit number is too large")
+    if number is None or number < 1:
         raise ValueError(f"{value!r} is not a whole number of at least 1")
-    return int(text)
+    return number
 
 
 def _choice(*choices: str) -> Callable[[object], str]:
@@ -161,11 +175,17 @@ def _origins(value: object) -> tuple[str, ...]:
 
 def parse_listen(value: object) -> Listen:
     text = _text(value)
-    host, sep, port = text.rpartition(":")
+    host, sep, port_text = text.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
+    if not sep or not host:
         raise ValueError(f"{text!r} is not HOST:PORT (for example 127.0.0.1:8080)")
-    return Listen(host, int(port))
+    port = _ascii_digits(port_text)
+    if port is None or not 1 <= port <= 65535:
+        raise ValueError(
+            f"{port_text!r} is not a port: give a number from 1 to 65535"
+            " (for example 127.0.0.1:8080)"
+        )
+    return Listen(host, port)
 
 
 def _path(value: object) -> Path:

@@ -130,6 +130,34 @@ def test_a_duration_from_the_file_must_be_finite_too(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("port", ["²", "0", "65536", "٨٠", "x", "-1"])
+def test_a_listen_port_that_is_not_1_to_65535_says_so(port: str) -> None:
+    [problem] = problems({"listen": f"127.0.0.1:{port}"}, BASE_ENV)
+    assert problem == (
+        f"--listen: {port!r} is not a port: give a number from 1 to 65535"
+        " (for example 127.0.0.1:8080)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("max_body_size", "١٢"),  # Arabic-Indic digits: int() reads them, isdigit() says yes
+        ("workers", "²"),  # isdigit() says yes, int() refuses
+        ("connect_timeout", "١٢"),  # float() reads them too
+        ("refresh_margin", "²"),
+    ],
+)
+def test_numbers_are_ascii_digits_only(name: str, value: str) -> None:
+    [problem] = problems({name: value}, BASE_ENV)
+    assert problem.startswith(f"--{name.replace('_', '-')}: {value!r} is not a ")
+
+
+def test_a_number_too_large_for_any_setting_is_one_clear_line() -> None:
+    [problem] = problems({"max_body_size": "9" * 5000}, BASE_ENV)
+    assert problem.startswith("--max-body-size: ") and problem.endswith(" is too large")
+
+
 @pytest.mark.parametrize(
     "url", ["http://127.0.0.1:8090", "http://localhost:8090/api", "http://[::1]:8090"]
 )
