@@ -380,8 +380,10 @@ def load_settings(flags: Mapping[str, object], environ: Mapping[str, str]) -> Se
     """Merge flags > environment > TOML file > environment table > defaults; raise ConfigError."""
     problems: list[str] = []
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}  # the flag, variable or file key each value came from
 
     def take(option: Option, raw: object, source: str) -> None:
+        sources[option.name] = source
         try:
             values[option.name] = option.parse(raw)
         except ValueError as exc:
@@ -397,21 +399,27 @@ def load_settings(flags: Mapping[str, object], environ: Mapping[str, str]) -> Se
             if key not in values:
                 take(OPTIONS_BY_NAME[key], raw, f"{values['config']}: {key}")
     values.pop("config", None)
-    settings = _complete(values, problems)
+    settings = _complete(values, sources, problems)
     if problems or settings is None:
         raise ConfigError(problems)
     return settings
 
 
-def _complete(values: dict[str, Any], problems: list[str]) -> Settings | None:
+def _complete(
+    values: dict[str, Any], sources: Mapping[str, str], problems: list[str]
+) -> Settings | None:
     """Fill in the environment table and check what depends on more than one setting."""
     warnings: list[str] = []
+
+    def label(name: str) -> str:
+        return sources.get(name, OPTIONS_BY_NAME[name].env)
+
     environments = load_environments()
     name = values.setdefault("environment", "sandbox")
     environment = environments.get(name)
     if environment is None:
         known = ", ".join(environments)
-        problems.append(f"AGENTSYNC_ENVIRONMENT: unknown environment {name!r} (one of {known})")
+        problems.append(f"{label('environment')}: unknown environment {name!r} (one of {known})")
     else:
         values.setdefault("token_url", environment.token_url)
         if environment.api_base_url:
@@ -421,14 +429,11 @@ def _complete(values: dict[str, Any], problems: list[str]) -> Settings | None:
                 f"AGENTSYNC_API_BASE_URL: required for the {name} environment, whose API base"
                 " URL is not documented (give --api-base-url)"
             )
-    for key, label in (
-        ("api_base_url", "AGENTSYNC_API_BASE_URL"),
-        ("token_url", "AGENTSYNC_TOKEN_URL"),
-    ):
+    for key in ("api_base_url", "token_url"):
         if key in values:
             problem = _url_problem(values[key], api=key == "api_base_url")
             if problem:
-                problems.append(f"{label}: {problem}")
+                problems.append(f"{label(key)}: {problem}")
     if "api_base_url" in values:
         values["api_base_url"] = values["api_base_url"].rstrip("/")
 
@@ -441,7 +446,7 @@ def _complete(values: dict[str, Any], problems: list[str]) -> Settings | None:
             "AGENTSYNC_CLIENT_SECRET and AGENTSYNC_CLIENT_SECRET_FILE are both set: keep one"
         )
     elif secret_file is not None:
-        problems.extend(_secret_file_problems(secret_file, warnings))
+        problems.extend(_secret_file_problems(secret_file, label("client_secret_file"), warnings))
     elif secret is None:
         problems.append(
             "AGENTSYNC_CLIENT_SECRET: required, or AGENTSYNC_CLIENT_SECRET_FILE"
@@ -459,7 +464,7 @@ def _complete(values: dict[str, Any], problems: list[str]) -> Settings | None:
         )
     ca_bundle: Path | None = values.get("ca_bundle")
     if ca_bundle is not None and not os.access(ca_bundle, os.R_OK):
-        problems.append(f"AGENTSYNC_PROXY_CA_BUNDLE: cannot read {ca_bundle}")
+        problems.append(f"{label('ca_bundle')}: cannot read {ca_bundle}")
 
     if problems:
         return None
@@ -481,17 +486,15 @@ def _url_problem(url: str, *, api: bool) -> str | None:
     return None
 
 
-def _secret_file_problems(path: Path, warnings: list[str]) -> list[str]:
+def _secret_file_problems(path: Path, label: str, warnings: list[str]) -> list[str]:
     try:
         content = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        return [f"AGENTSYNC_CLIENT_SECRET_FILE: cannot read {path} ({exc.strerror})"]
+        return [f"{label}: cannot read {path} ({exc.strerror})"]
     except UnicodeDecodeError:
-        return [f"AGENTSYNC_CLIENT_SECRET_FILE: {path} is not UTF-8 text"]
+        return [f"{label}: {path} is not UTF-8 text"]
     if not content:
-        return [f"AGENTSYNC_CLIENT_SECRET_FILE: {path} is empty"]
+        return [f"{label}: {path} is empty"]
     if readable_by_others(path):
-        warnings.append(
-            f"AGENTSYNC_CLIENT_SECRET_FILE: {path} is readable by other users (chmod 600 it)"
-        )
+        warnings.append(f"{label}: {path} is readable by other users (chmod 600 it)")
     return []

@@ -159,6 +159,35 @@ def test_a_number_too_large_for_any_setting_is_one_clear_line() -> None:
 
 
 @pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("environment", "bogus", "unknown environment 'bogus'"),
+        ("api_base_url", "http://api.example.com", "must use https://"),
+        ("token_url", "http://auth.example.com/t", "must use https://"),
+        ("ca_bundle", "/nonexistent/ca.pem", "cannot read"),
+        ("client_secret_file", "/nonexistent/secret", "cannot read"),
+    ],
+)
+def test_a_problem_is_labelled_with_where_the_value_came_from(
+    name: str, value: str, expected: str, tmp_path: Path
+) -> None:
+    env_name = "AGENTSYNC_" + ("PROXY_" * (name == "ca_bundle")) + name.upper()
+    environ = {"AGENTSYNC_CLIENT_ID": "id"}
+    if name != "client_secret_file":
+        environ["AGENTSYNC_CLIENT_SECRET"] = "s"
+    config = tmp_path / "proxy.toml"
+    config.write_text(f"{name} = {value!r}\n".replace("'", '"'))
+    sources: list[tuple[dict[str, object], dict[str, str], str]] = [
+        ({name: value}, {}, "--" + name.replace("_", "-")),
+        ({}, {env_name: value}, env_name),
+        ({"config": str(config)}, {}, f"{config}: {name}"),
+    ]
+    for flags, env, label in sources:
+        [problem] = problems(flags, {**environ, **env})
+        assert problem.startswith(f"{label}: ") and expected in problem
+
+
+@pytest.mark.parametrize(
     "url", ["http://127.0.0.1:8090", "http://localhost:8090/api", "http://[::1]:8090"]
 )
 def test_plain_http_is_allowed_for_loopback(url: str) -> None:
