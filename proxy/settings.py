@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import os
+import ssl
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -463,8 +463,9 @@ def _complete(
             " required (the proxy lends its credentials to whoever can reach it)"
         )
     ca_bundle: Path | None = values.get("ca_bundle")
-    if ca_bundle is not None and not os.access(ca_bundle, os.R_OK):
-        problems.append(f"{label('ca_bundle')}: cannot read {ca_bundle}")
+    problem = _ca_bundle_problem(ca_bundle) if ca_bundle is not None else None
+    if problem:
+        problems.append(f"{label('ca_bundle')}: {problem}")
 
     if problems:
         return None
@@ -483,6 +484,23 @@ def _url_problem(url: str, *, api: bool) -> str | None:
         )
     if api and (parsed.raw_query_string or url.endswith("?")):
         return f"{url} must not have a query string"
+    return None
+
+
+def _ca_bundle_problem(path: Path) -> str | None:
+    """Load the bundle as the clients will, into a context thrown away: a file TLS cannot use
+    must stop start-up here, not fail once the proxy is running."""
+    hint = "(give a file of PEM CA certificates)"
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+    except ssl.SSLError as exc:  # before OSError, its base class
+        if exc.reason == "NO_CERTIFICATE_OR_CRL_FOUND":
+            return f"{path} holds no PEM certificate {hint}"
+        return f"{path} is not valid PEM {hint}"
+    except IsADirectoryError:
+        return f"{path} is a directory {hint}"
+    except OSError as exc:
+        return f"cannot read {path} ({exc.strerror}) {hint}"
     return None
 
 

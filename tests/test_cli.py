@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -50,6 +51,23 @@ async def test_check_with_bad_configuration_exits_2_listing_every_problem() -> N
     assert result.status == 2
     assert result.stderr.count("\n") == 3  # API base URL, client id, client secret
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "check"])
+@pytest.mark.parametrize("bundle", ["directory", "text"])
+async def test_a_ca_bundle_that_cannot_be_used_is_one_line_and_exit_2(
+    command: str, bundle: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "ca.pem"
+    if bundle == "directory":
+        path.mkdir()
+    else:
+        path.write_text("a host name\n")
+    env = {"AGENTSYNC_CLIENT_ID": "id", "AGENTSYNC_CLIENT_SECRET": "s"}
+    result = await run_cli(command, "--ca-bundle", str(path), env=env)
+    assert result.status == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"agentsync-proxy: --ca-bundle: {path} ")
 
 
 async def test_version() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import trustme
 
 from proxy.cli import main
 from proxy.settings import ConfigError, Settings, load_settings
@@ -185,6 +186,37 @@ def test_a_problem_is_labelled_with_where_the_value_came_from(
     for flags, env, label in sources:
         [problem] = problems(flags, {**environ, **env})
         assert problem.startswith(f"{label}: ") and expected in problem
+
+
+def test_a_ca_bundle_of_pem_certificates_is_accepted(tmp_path: Path) -> None:
+    bundle = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(bundle))
+    settings = load_settings({"ca_bundle": str(bundle)}, BASE_ENV)
+    assert settings.ca_bundle == bundle
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "is a directory"),
+        ("a host name\n", "holds no PEM certificate"),
+        (
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n",
+            "is not valid PEM",
+        ),
+    ],
+)
+def test_a_ca_bundle_that_is_not_pem_certificates_is_one_line(
+    content: str | None, expected: str, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "ca.pem"
+    if content is None:
+        bundle.mkdir()
+    else:
+        bundle.write_text(content)
+    [problem] = problems({"ca_bundle": str(bundle)}, BASE_ENV)
+    assert problem.startswith(f"--ca-bundle: {bundle} {expected}")
+    assert problem.endswith("(give a file of PEM CA certificates)")
 
 
 @pytest.mark.parametrize(
