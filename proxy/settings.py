@@ -163,12 +163,28 @@ def _networks(value: object) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
+def _masked(text: str) -> str:
+    """A URL fit to show in a message: whatever stands before an @ may be a password."""
+    scheme, sep, rest = text.partition("://")
+    if not sep or "@" not in rest:
+        return text
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+
+
 def _origins(value: object) -> tuple[str, ...]:
     origins = []
     for item in _items(value):
-        url = URL(item)
-        if url.scheme not in ("http", "https") or not url.host or url.raw_path not in ("", "/"):
-            raise ValueError(f"{item!r} is not an origin such as https://app.example.com")
+        try:
+            url = URL(item)
+        except ValueError:
+            url = URL()
+        if (
+            url.scheme not in ("http", "https")
+            or not url.host
+            or "@" in (url.raw_authority or "")
+            or url.raw_path not in ("", "/")
+        ):
+            raise ValueError(f"{_masked(item)!r} is not an origin such as https://app.example.com")
         origins.append(str(url.origin()))
     return tuple(origins)
 
@@ -197,7 +213,14 @@ def _url(value: object) -> str:
     try:
         url = URL(text, encoded=True)
     except ValueError:
-        raise ValueError(f"{text!r} is not a URL") from None
+        raise ValueError(f"{_masked(text)!r} is not a URL") from None
+    # Credentials in a URL would be printed by check, logged at start and quoted in errors.
+    if "@" in (url.raw_authority or ""):
+        raise ValueError(
+            f"{_masked(text)} must not hold a user name or password (give the client id and"
+            " secret in their own settings: --client-id, and AGENTSYNC_CLIENT_SECRET or"
+            " --client-secret-file)"
+        )
     if url.scheme not in ("http", "https") or not url.raw_host:
         raise ValueError(f"{text!r} is not an http:// or https:// URL")
     if url.raw_fragment:

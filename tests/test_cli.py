@@ -70,6 +70,16 @@ async def test_a_ca_bundle_that_cannot_be_used_is_one_line_and_exit_2(
     assert line.startswith(f"agentsync-proxy: --ca-bundle: {path} ")
 
 
+@pytest.mark.parametrize("flag", ["--api-base-url", "--token-url"])
+async def test_a_password_in_a_url_is_refused_and_never_printed(flag: str) -> None:
+    env = {"AGENTSYNC_CLIENT_ID": "id", "AGENTSYNC_CLIENT_SECRET": "s"}
+    result = await run_cli("check", flag, "http://u:hunter2@127.0.0.1:9/", env=env)
+    assert result.status == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"agentsync-proxy: {flag}: http://***@127.0.0.1:9/ must not hold")
+    assert "hunter2" not in result.stdout + result.stderr
+
+
 async def test_version() -> None:
     result = await run_cli("--version")
     assert (result.status, result.stdout.strip()) == (0, f"agentsync-proxy {__version__}")

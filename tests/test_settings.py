@@ -219,6 +219,43 @@ def test_a_ca_bundle_that_is_not_pem_certificates_is_one_line(
     assert problem.endswith("(give a file of PEM CA certificates)")
 
 
+@pytest.mark.parametrize("name", ["api_base_url", "token_url"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://u:hunter2@127.0.0.1:9/",
+        "https://u:hunter2@auth.example.com/oauth2/token",
+        "https://:hunter2@api.example.com",
+        "https://hunter2@api.example.com",
+        "ftp://u:hunter2@api.example.com",
+        "https://u:hunter2@[bad/",
+        "https://u:hunter2/x@api.example.com/",
+    ],
+)
+def test_a_url_with_a_user_or_password_is_refused_without_showing_it(name: str, url: str) -> None:
+    [problem] = problems({name: url}, BASE_ENV)
+    assert problem.startswith(f"--{name.replace('_', '-')}: ")
+    assert "hunter2" not in problem
+
+
+@pytest.mark.parametrize("name", ["api_base_url", "token_url"])
+def test_a_url_with_a_user_or_password_says_where_credentials_go(name: str) -> None:
+    [problem] = problems({name: "https://u:hunter2@api.example.com/"}, BASE_ENV)
+    assert problem == (
+        f"--{name.replace('_', '-')}: https://***@api.example.com/ must not hold a user name or"
+        " password (give the client id and secret in their own settings: --client-id, and"
+        " AGENTSYNC_CLIENT_SECRET or --client-secret-file)"
+    )
+
+
+def test_an_origin_with_a_user_or_password_is_refused_without_showing_it() -> None:
+    [problem] = problems({"allowed_origins": "https://u:hunter2@app.example.com"}, BASE_ENV)
+    assert problem == (
+        "--allowed-origins: 'https://***@app.example.com' is not an origin such as"
+        " https://app.example.com"
+    )
+
+
 @pytest.mark.parametrize(
     "url", ["http://127.0.0.1:8090", "http://localhost:8090/api", "http://[::1]:8090"]
 )
