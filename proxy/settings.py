@@ -10,7 +10,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from yarl import URL
 
@@ -18,6 +18,7 @@ from proxy.credentials import ClientSecret, Secret, readable_by_others
 from proxy.environments import load_environments
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+T = TypeVar("T")
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 MAX_DIGITS = 18  # every whole-number setting fits in 64 bits
 
@@ -68,6 +69,14 @@ class Settings:
     shutdown_timeout: float = 25.0
     workers: int = 1
     warnings: tuple[str, ...] = field(default=(), compare=False)
+
+
+class ItemProblems(ValueError):
+    """Several items of one list setting are wrong: each is its own line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 # ---- parsers: each takes a flag/environment string or a TOML value, raises ValueError ----
@@ -153,14 +162,29 @@ def _items(value: object) -> tuple[str, ...]:
     return tuple(item for item in (_text(part) for part in parts) if item)
 
 
-def _networks(value: object) -> tuple[IPNetwork, ...]:
-    networks = []
+def _each_item(value: object, parse: Callable[[str], T]) -> tuple[T, ...]:
+    """Every item parsed, or ItemProblems naming every item that is not."""
+    parsed: list[T] = []
+    problems: list[str] = []
     for item in _items(value):
         try:
-            networks.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            raise ValueError(f"{item!r} is not an address or CIDR block") from None
-    return tuple(networks)
+            parsed.append(parse(item))
+        except ValueError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ItemProblems(problems)
+    return tuple(parsed)
+
+
+def _network(item: str) -> IPNetwork:
+    try:
+        return ipaddress.ip_network(item, strict=False)
+    except ValueError:
+        raise ValueError(f"{item!r} is not an address or CIDR block") from None
+
+
+def _networks(value: object) -> tuple[IPNetwork, ...]:
+    return _each_item(value, _network)
 
 
 def _masked(text: str) -> str:
@@ -171,22 +195,23 @@ def _masked(text: str) -> str:
     return f"{scheme}://***@{rest.rpartition('@')[2]}"
 
 
+def _origin(item: str) -> str:
+    try:
+        url = URL(item)
+    except ValueError:
+        url = URL()
+    if (
+        url.scheme not in ("http", "https")
+        or not url.host
+        or "@" in (url.raw_authority or "")
+        or url.raw_path not in ("", "/")
+    ):
+        raise ValueError(f"{_masked(item)!r} is not an origin such as https://app.example.com")
+    return str(url.origin())
+
+
 def _origins(value: object) -> tuple[str, ...]:
-    origins = []
-    for item in _items(value):
-        try:
-            url = URL(item)
-        except ValueError:
-            url = URL()
-        if (
-            url.scheme not in ("http", "https")
-            or not url.host
-            or "@" in (url.raw_authority or "")
-            or url.raw_path not in ("", "/")
-        ):
-            raise ValueError(f"{_masked(item)!r} is not an origin such as https://app.example.com")
-        origins.append(str(url.origin()))
-    return tuple(origins)
+    return _each_item(value, _origin)
 
 
 def parse_listen(value: object) -> Listen:
@@ -409,6 +434,8 @@ def load_settings(flags: Mapping[str, object], environ: Mapping[str, str]) -> Se
         sources[option.name] = source
         try:
             values[option.name] = option.parse(raw)
+        except ItemProblems as exc:
+            problems.extend(f"{source}: {problem}" for problem in exc.problems)
         except ValueError as exc:
             problems.append(f"{source}: {exc}")
 

@@ -256,6 +256,22 @@ def test_an_origin_with_a_user_or_password_is_refused_without_showing_it() -> No
     )
 
 
+def test_every_bad_item_of_a_list_is_reported() -> None:
+    found = problems(
+        {
+            "allowed_clients": "10.0.0.0/33,192.168.0.0/16,abc",
+            "allowed_origins": "app.example.com,https://ok.example.com,ftp://x",
+        },
+        BASE_ENV,
+    )
+    assert found == [
+        "--allowed-clients: '10.0.0.0/33' is not an address or CIDR block",
+        "--allowed-clients: 'abc' is not an address or CIDR block",
+        "--allowed-origins: 'app.example.com' is not an origin such as https://app.example.com",
+        "--allowed-origins: 'ftp://x' is not an origin such as https://app.example.com",
+    ]
+
+
 @pytest.mark.parametrize(
     "url", ["http://127.0.0.1:8090", "http://localhost:8090/api", "http://[::1]:8090"]
 )
