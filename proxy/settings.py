@@ -16,11 +16,11 @@ from yarl import URL
 
 from proxy.credentials import ClientSecret, Secret, readable_by_others
 from proxy.environments import load_environments
+from proxy.numbers import whole_number
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 T = TypeVar("T")
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
-MAX_DIGITS = 18  # every whole-number setting fits in 64 bits
 
 
 class ConfigError(Exception):
@@ -95,13 +95,6 @@ def _nonempty(value: object) -> str:
     return text
 
 
-def _ascii_digits(text: str) -> int | None:
-    """A whole number in ASCII digits: isdigit() and int() also take '²' and '١٢'."""
-    if not (text.isascii() and text.isdigit()):
-        return None
-    return int(text) if len(text.lstrip("0")) <= MAX_DIGITS else None
-
-
 def _number(value: object, *, minimum: float = 0.0, allow_zero: bool = False) -> float:
     text = _text(value)
     try:
@@ -128,7 +121,7 @@ def _seconds_or_zero(value: object) -> float:
 
 def _count(value: object) -> int:
     text = _text(value).replace("_", "")
-    number = _ascii_digits(text)
+    number = whole_number(text)
     if number is None and text.isascii() and text.isdigit():
         raise ValueError(f"a {len(text)}-digit number is too large")
     if number is None or number < 1:
@@ -220,7 +213,7 @@ def parse_listen(value: object) -> Listen:
     host = host.removeprefix("[").removesuffix("]")
     if not sep or not host:
         raise ValueError(f"{text!r} is not HOST:PORT (for example 127.0.0.1:8080)")
-    port = _ascii_digits(port_text)
+    port = whole_number(port_text)
     if port is None or not 1 <= port <= 65535:
         raise ValueError(
             f"{port_text!r} is not a port: give a number from 1 to 65535"
