@@ -505,6 +505,19 @@ def _complete(
             f"--listen {listen}: not a loopback address, so --allowed-clients CIDR,... is"
             " required (the proxy lends its credentials to whoever can reach it)"
         )
+    workers: int = values.get("workers", Settings.workers)
+    cap: int = values.get("token_requests_per_minute", Settings.token_requests_per_minute)
+    cap_refused = (
+        "token_requests_per_minute" in sources and "token_requests_per_minute" not in values
+    )
+    # Each worker holds its own token under cap // workers requests a minute: with more
+    # workers than the cap, their shares would add up to more than the cap.
+    if workers > cap and not cap_refused:
+        problems.append(
+            f"{label('workers')}: {workers} workers need --token-requests-per-minute of at least"
+            f" {workers} (one token request a minute each), not {cap}: lower --workers or raise"
+            " the cap"
+        )
     ca_bundle: Path | None = values.get("ca_bundle")
     problem = _ca_bundle_problem(ca_bundle) if ca_bundle is not None else None
     if problem:

@@ -282,6 +282,30 @@ async def test_a_port_in_use_is_one_line_and_exit_2(
     assert line.startswith(f"agentsync-proxy: {flag} {address}: address already in use")
 
 
+async def test_more_workers_than_the_token_cap_is_one_line_and_exit_2() -> None:
+    env = {"AGENTSYNC_CLIENT_ID": "id", "AGENTSYNC_CLIENT_SECRET": "s"}
+    result = await run_cli("serve", "--workers", "30", env=env)
+    assert result.status == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith("agentsync-proxy: --workers: 30 workers need")
+
+
+@pytest.mark.parametrize("value", ["x", "²", "-1", "0", "21"])
+async def test_a_bad_internal_worker_variable_is_one_line_and_exit_2(value: str) -> None:
+    env = {
+        "AGENTSYNC_CLIENT_ID": "id",
+        "AGENTSYNC_CLIENT_SECRET": "s",
+        "AGENTSYNC_PROXY_WORKER_OF": value,
+    }
+    result = await run_cli("serve", env=env)
+    assert result.status == 2
+    [line] = result.stderr.splitlines()
+    assert line == (
+        f"agentsync-proxy: AGENTSYNC_PROXY_WORKER_OF: {value!r} is not a number of workers from"
+        " 1 to 20; the proxy sets this variable for its own worker processes: unset it"
+    )
+
+
 async def test_workers_share_the_port_and_stop_together(
     agentsync_simulator: RunningSimulator, upstream: RawUpstream, unused_tcp_port: int
 ) -> None:

@@ -272,6 +272,20 @@ def test_every_bad_item_of_a_list_is_reported() -> None:
     ]
 
 
+def test_more_workers_than_token_requests_a_minute_is_refused() -> None:
+    # Each worker keeps its own token and a share of the cap: at least one request a minute.
+    [problem] = problems({"workers": "30"}, BASE_ENV)
+    assert problem == (
+        "--workers: 30 workers need --token-requests-per-minute of at least 30 (one token"
+        " request a minute each), not 20: lower --workers or raise the cap"
+    )
+
+
+def test_as_many_workers_as_token_requests_a_minute_is_fine() -> None:
+    settings = load_settings({"workers": "4", "token_requests_per_minute": "4"}, BASE_ENV)
+    assert (settings.workers, settings.token_requests_per_minute) == (4, 4)
+
+
 @pytest.mark.parametrize(
     "url", ["http://127.0.0.1:8090", "http://localhost:8090/api", "http://[::1]:8090"]
 )
