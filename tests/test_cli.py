@@ -46,6 +46,28 @@ async def test_check_with_a_wrong_secret_exits_1_with_one_line(
     assert "Traceback" not in result.stderr
 
 
+async def test_check_waits_for_a_token_no_longer_than_the_token_timeout(
+    upstream: RawUpstream,
+) -> None:
+    async def never_answer(received: Received, writer: Writer) -> None:
+        await asyncio.Event().wait()
+
+    upstream.responder = never_answer
+    env = {
+        "AGENTSYNC_CLIENT_ID": "id",
+        "AGENTSYNC_CLIENT_SECRET": "s",
+        "AGENTSYNC_TOKEN_URL": upstream.url + "/oauth2/token",
+        "AGENTSYNC_API_BASE_URL": upstream.url,
+    }
+    result = await run_cli("check", "--token-timeout", "1", env=env)
+    assert result.status == 1
+    assert result.stderr.splitlines()[-1] == (
+        "agentsync-proxy: token_unavailable: no token yet: the token endpoint has not answered"
+        " within --token-timeout; check AGENTSYNC_TOKEN_URL and the network"
+    )
+    assert len(upstream.received) == 1  # given up on, not retried for the default 30 s
+
+
 async def test_check_with_bad_configuration_exits_2_listing_every_problem() -> None:
     result = await run_cli("check", env={"AGENTSYNC_ENVIRONMENT": "test"})
     assert result.status == 2
