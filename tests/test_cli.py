@@ -328,6 +328,19 @@ async def test_a_bad_internal_worker_variable_is_one_line_and_exit_2(value: str)
     )
 
 
+@pytest.mark.parametrize("command", ["simulator", "demo"])
+@pytest.mark.parametrize("value", ["inf", "1e400", "nan", "0", "١٢", "soon"])
+async def test_a_token_lifetime_that_is_not_a_finite_positive_number_is_refused(
+    taken_port: int, command: str, value: str
+) -> None:
+    # The taken port makes a wrongly accepted value end at once instead of serving on.
+    done = await run_cli(command, "--listen", f"127.0.0.1:{taken_port}", "--token-lifetime", value)
+    assert done.status == 2
+    assert done.stderr.splitlines()[-1].endswith(
+        f"argument --token-lifetime: {value!r} is not a finite number of seconds above 0"
+    )
+
+
 async def test_workers_share_the_port_and_stop_together(
     agentsync_simulator: RunningSimulator, upstream: RawUpstream, unused_tcp_port: int
 ) -> None:
