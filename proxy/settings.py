@@ -103,11 +103,15 @@ def _number(value: object, *, minimum: float = 0.0, allow_zero: bool = False) ->
         number = float(text)
     except ValueError:
         raise ValueError(f"{value!r} is not a number of seconds") from None
-    # float() also reads inf, nan and 1e400; no timer can be set that far (OverflowError).
-    if not math.isfinite(number):
+    # float() also reads inf, nan and 1e400 (as inf): no timer can be set that far, aiohttp's
+    # fails with OverflowError. Digits read as inf were meant as a number, only too large.
+    spelled_out = not any(char.isdigit() for char in text)
+    if math.isnan(number) or (math.isinf(number) and spelled_out):
         raise ValueError(f"{value!r} is not a finite number of seconds (for example 30)")
     if number < minimum or (number == minimum and not allow_zero):
         raise ValueError(f"{value!r} must be greater than {minimum:g}")
+    if math.isinf(number):
+        raise ValueError(f"{value!r} is too large (for example 30)")
     return number
 
 

@@ -113,12 +113,18 @@ DURATIONS = (
 
 
 @pytest.mark.parametrize("name", DURATIONS)
-@pytest.mark.parametrize("value", ["inf", "1e400", "-inf", "nan", "Infinity"])
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "Infinity"])
 def test_durations_must_be_finite(name: str, value: str) -> None:
     [problem] = problems({name: value}, BASE_ENV)
     assert problem == (
         f"--{name.replace('_', '-')}: {value!r} is not a finite number of seconds (for example 30)"
     )
+
+
+@pytest.mark.parametrize("name", DURATIONS)
+def test_a_duration_beyond_what_a_float_holds_is_too_large(name: str) -> None:
+    [problem] = problems({name: "1e400"}, BASE_ENV)
+    assert problem == f"--{name.replace('_', '-')}: '1e400' is too large (for example 30)"
 
 
 def test_a_duration_from_the_file_must_be_finite_too(tmp_path: Path) -> None:
