@@ -14,6 +14,7 @@ import structlog
 from proxy import __version__, clients, demo, logs, serving
 from proxy.errors import TokenError
 from proxy.settings import OPTIONS, ConfigError, Settings, load_settings
+from proxy.token_endpoint import Token
 from proxy.tokens import TokenSource
 
 COMMANDS = ("serve", "check", "demo", "simulator")
@@ -76,22 +77,30 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 
 def check(settings: Settings) -> int:
-    """Configuration is valid (else exit 2 already); now fetch one token and describe it."""
-    return asyncio.run(_check(settings))
-
-
-async def _check(settings: Settings) -> int:
-    async with clients.token_session(settings) as session:
-        endpoint = clients.token_endpoint(session, settings)
-        source = TokenSource(endpoint, requests_per_minute=settings.token_requests_per_minute)
-        try:
-            token = await source.token()
-        except TokenError as error:
-            print(f"agentsync-proxy: {error.code}: {error.description}", file=sys.stderr)
-            return EXIT_FAILED
-    expiry = datetime.fromtimestamp(token.expires_at_wall, UTC).isoformat(timespec="seconds")
+    """Configuration is valid (else exit 2 already); now fetch one token and describe it. The
+    verdict is printed once the event loop has ended, after anything a retry still logs."""
+    outcome = asyncio.run(_one_token(settings))
+    if isinstance(outcome, TokenError):
+        print(f"agentsync-proxy: {outcome.code}: {outcome.description}", file=sys.stderr)
+        return EXIT_FAILED
+    expiry = datetime.fromtimestamp(outcome.expires_at_wall, UTC).isoformat(timespec="seconds")
     print(f"configuration: ok ({settings.environment}, API {settings.api_base_url})")
     print(
-        f"token: ok, scope {token.scope or '(none)'}, expires {expiry} (in {token.lifetime:.0f} s)"
+        f"token: ok, scope {outcome.scope or '(none)'}, expires {expiry}"
+        f" (in {outcome.lifetime:.0f} s)"
     )
     return EXIT_OK
+
+
+async def _one_token(settings: Settings) -> Token | TokenError:
+    async with clients.token_session(settings) as session:
+        endpoint = clients.token_endpoint(session, settings)
+        source = TokenSource(
+            endpoint,
+            requests_per_minute=settings.token_requests_per_minute,
+            wait_timeout=settings.token_timeout,
+        )
+        try:
+            return await source.token()
+        except TokenError as error:
+            return error

@@ -18,8 +18,9 @@ from aiohttp import web
 from proxy import __version__
 from proxy.app import create_app
 from proxy.keys import SHUTTING_DOWN
+from proxy.numbers import whole_number
 from proxy.servers import listen
-from proxy.settings import Settings
+from proxy.settings import ConfigError, Settings
 
 log = structlog.get_logger("proxy")
 # Set in the environment of each worker: how many workers share the port and the token cap.
@@ -52,14 +53,32 @@ def keep_freed_memory() -> None:
 
 
 def serve(settings: Settings, argv: Sequence[str], environ: Mapping[str, str]) -> int:
-    workers = int(environ.get(WORKER_OF, "0"))
+    workers = worker_of(environ, settings.token_requests_per_minute)
     if workers:
-        # One of N workers: the port is shared, and so is the cap on token requests.
-        share = max(1, settings.token_requests_per_minute // workers)
+        # One of N workers: the port is shared, and so is the cap on token requests. Settings
+        # refuse more workers than the cap, so every share is at least 1 and they add up to
+        # no more than the cap.
+        share = settings.token_requests_per_minute // workers
         return run(replace(settings, token_requests_per_minute=share), reuse_port=True)
     if settings.workers > 1:
         return supervise(settings.workers, argv, environ)
     return run(settings, reuse_port=False)
+
+
+def worker_of(environ: Mapping[str, str], cap: int) -> int:
+    """N when this process is one of N workers, 0 when it is the only or the supervising one."""
+    text = environ.get(WORKER_OF, "")
+    if not text:
+        return 0
+    workers = whole_number(text)
+    if workers is None or not 1 <= workers <= cap:
+        raise ConfigError(
+            [
+                f"{WORKER_OF}: {text!r} is not a number of workers from 1 to {cap}; the proxy"
+                " sets this variable for its own worker processes: unset it"
+            ]
+        )
+    return workers
 
 
 def run(settings: Settings, *, reuse_port: bool) -> int:

@@ -4,19 +4,22 @@ table (in that order of precedence), then validated, with every problem reported
 from __future__ import annotations
 
 import ipaddress
-import os
+import math
+import ssl
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from yarl import URL
 
 from proxy.credentials import ClientSecret, Secret, readable_by_others
 from proxy.environments import load_environments
+from proxy.numbers import whole_number
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+T = TypeVar("T")
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
@@ -68,6 +71,14 @@ class Settings:
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
+class ItemProblems(ValueError):
+    """Several items of one list setting are wrong: each is its own line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
 # ---- parsers: each takes a flag/environment string or a TOML value, raises ValueError ----
 
 
@@ -85,12 +96,22 @@ def _nonempty(value: object) -> str:
 
 
 def _number(value: object, *, minimum: float = 0.0, allow_zero: bool = False) -> float:
+    text = _text(value)
     try:
-        number = float(_text(value))
+        if not text.isascii():  # float() reads other scripts' digits too
+            raise ValueError(text)
+        number = float(text)
     except ValueError:
         raise ValueError(f"{value!r} is not a number of seconds") from None
-    if number < minimum or (number == minimum and not allow_zero) or number != number:
+    # float() also reads inf, nan and 1e400 (as inf): no timer can be set that far, aiohttp's
+    # fails with OverflowError. Digits read as inf were meant as a number, only too large.
+    spelled_out = not any(char.isdigit() for char in text)
+    if math.isnan(number) or (math.isinf(number) and spelled_out):
+        raise ValueError(f"{value!r} is not a finite number of seconds (for example 30)")
+    if number < minimum or (number == minimum and not allow_zero):
         raise ValueError(f"{value!r} must be greater than {minimum:g}")
+    if math.isinf(number):
+        raise ValueError(f"{value!r} is too large (for example 30)")
     return number
 
 
@@ -104,9 +125,12 @@ def _seconds_or_zero(value: object) -> float:
 
 def _count(value: object) -> int:
     text = _text(value).replace("_", "")
-    if not text.isdigit() or int(text) < 1:
+    number = whole_number(text)
+    if number is None and text.isascii() and text.isdigit():
+        raise ValueError(f"a {len(text)}-digit number is too large")
+    if number is None or number < 1:
         raise ValueError(f"{value!r} is not a whole number of at least 1")
-    return int(text)
+    return number
 
 
 def _choice(*choices: str) -> Callable[[object], str]:
@@ -135,33 +159,71 @@ def _items(value: object) -> tuple[str, ...]:
     return tuple(item for item in (_text(part) for part in parts) if item)
 
 
-def _networks(value: object) -> tuple[IPNetwork, ...]:
-    networks = []
+def _each_item(value: object, parse: Callable[[str], T]) -> tuple[T, ...]:
+    """Every item parsed, or ItemProblems naming every item that is not."""
+    parsed: list[T] = []
+    problems: list[str] = []
     for item in _items(value):
         try:
-            networks.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            raise ValueError(f"{item!r} is not an address or CIDR block") from None
-    return tuple(networks)
+            parsed.append(parse(item))
+        except ValueError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ItemProblems(problems)
+    return tuple(parsed)
+
+
+def _network(item: str) -> IPNetwork:
+    try:
+        return ipaddress.ip_network(item, strict=False)
+    except ValueError:
+        raise ValueError(f"{item!r} is not an address or CIDR block") from None
+
+
+def _networks(value: object) -> tuple[IPNetwork, ...]:
+    return _each_item(value, _network)
+
+
+def _masked(text: str) -> str:
+    """A URL fit to show in a message: whatever stands before an @ may be a password."""
+    scheme, sep, rest = text.partition("://")
+    if not sep or "@" not in rest:
+        return text
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+
+
+def _origin(item: str) -> str:
+    try:
+        url = URL(item)
+    except ValueError:
+        url = URL()
+    if (
+        url.scheme not in ("http", "https")
+        or not url.host
+        or "@" in (url.raw_authority or "")
+        or url.raw_path not in ("", "/")
+    ):
+        raise ValueError(f"{_masked(item)!r} is not an origin such as https://app.example.com")
+    return str(url.origin())
 
 
 def _origins(value: object) -> tuple[str, ...]:
-    origins = []
-    for item in _items(value):
-        url = URL(item)
-        if url.scheme not in ("http", "https") or not url.host or url.raw_path not in ("", "/"):
-            raise ValueError(f"{item!r} is not an origin such as https://app.example.com")
-        origins.append(str(url.origin()))
-    return tuple(origins)
+    return _each_item(value, _origin)
 
 
 def parse_listen(value: object) -> Listen:
     text = _text(value)
-    host, sep, port = text.rpartition(":")
+    host, sep, port_text = text.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
+    if not sep or not host:
         raise ValueError(f"{text!r} is not HOST:PORT (for example 127.0.0.1:8080)")
-    return Listen(host, int(port))
+    port = whole_number(port_text)
+    if port is None or not 1 <= port <= 65535:
+        raise ValueError(
+            f"{port_text!r} is not a port: give a number from 1 to 65535"
+            " (for example 127.0.0.1:8080)"
+        )
+    return Listen(host, port)
 
 
 def _path(value: object) -> Path:
@@ -173,7 +235,14 @@ def _url(value: object) -> str:
     try:
         url = URL(text, encoded=True)
     except ValueError:
-        raise ValueError(f"{text!r} is not a URL") from None
+        raise ValueError(f"{_masked(text)!r} is not a URL") from None
+    # Credentials in a URL would be printed by check, logged at start and quoted in errors.
+    if "@" in (url.raw_authority or ""):
+        raise ValueError(
+            f"{_masked(text)} must not hold a user name or password (give the client id and"
+            " secret in their own settings: --client-id, and AGENTSYNC_CLIENT_SECRET or"
+            " --client-secret-file)"
+        )
     if url.scheme not in ("http", "https") or not url.raw_host:
         raise ValueError(f"{text!r} is not an http:// or https:// URL")
     if url.raw_fragment:
@@ -356,10 +425,14 @@ def load_settings(flags: Mapping[str, object], environ: Mapping[str, str]) -> Se
     """Merge flags > environment > TOML file > environment table > defaults; raise ConfigError."""
     problems: list[str] = []
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}  # the flag, variable or file key each value came from
 
     def take(option: Option, raw: object, source: str) -> None:
+        sources[option.name] = source
         try:
             values[option.name] = option.parse(raw)
+        except ItemProblems as exc:
+            problems.extend(f"{source}: {problem}" for problem in exc.problems)
         except ValueError as exc:
             problems.append(f"{source}: {exc}")
 
@@ -373,21 +446,27 @@ def load_settings(flags: Mapping[str, object], environ: Mapping[str, str]) -> Se
             if key not in values:
                 take(OPTIONS_BY_NAME[key], raw, f"{values['config']}: {key}")
     values.pop("config", None)
-    settings = _complete(values, problems)
+    settings = _complete(values, sources, problems)
     if problems or settings is None:
         raise ConfigError(problems)
     return settings
 
 
-def _complete(values: dict[str, Any], problems: list[str]) -> Settings | None:
+def _complete(
+    values: dict[str, Any], sources: Mapping[str, str], problems: list[str]
+) -> Settings | None:
     """Fill in the environment table and check what depends on more than one setting."""
     warnings: list[str] = []
+
+    def label(name: str) -> str:
+        return sources.get(name, OPTIONS_BY_NAME[name].env)
+
     environments = load_environments()
     name = values.setdefault("environment", "sandbox")
     environment = environments.get(name)
     if environment is None:
         known = ", ".join(environments)
-        problems.append(f"AGENTSYNC_ENVIRONMENT: unknown environment {name!r} (one of {known})")
+        problems.append(f"{label('environment')}: unknown environment {name!r} (one of {known})")
     else:
         values.setdefault("token_url", environment.token_url)
         if environment.api_base_url:
@@ -397,14 +476,11 @@ def _complete(values: dict[str, Any], problems: list[str]) -> Settings | None:
                 f"AGENTSYNC_API_BASE_URL: required for the {name} environment, whose API base"
                 " URL is not documented (give --api-base-url)"
             )
-    for key, label in (
-        ("api_base_url", "AGENTSYNC_API_BASE_URL"),
-        ("token_url", "AGENTSYNC_TOKEN_URL"),
-    ):
+    for key in ("api_base_url", "token_url"):
         if key in values:
             problem = _url_problem(values[key], api=key == "api_base_url")
             if problem:
-                problems.append(f"{label}: {problem}")
+                problems.append(f"{label(key)}: {problem}")
     if "api_base_url" in values:
         values["api_base_url"] = values["api_base_url"].rstrip("/")
 
@@ -417,7 +493,7 @@ def _complete(values: dict[str, Any], problems: list[str]) -> Settings | None:
             "AGENTSYNC_CLIENT_SECRET and AGENTSYNC_CLIENT_SECRET_FILE are both set: keep one"
         )
     elif secret_file is not None:
-        problems.extend(_secret_file_problems(secret_file, warnings))
+        problems.extend(_secret_file_problems(secret_file, label("client_secret_file"), warnings))
     elif secret is None:
         problems.append(
             "AGENTSYNC_CLIENT_SECRET: required, or AGENTSYNC_CLIENT_SECRET_FILE"
@@ -433,9 +509,23 @@ def _complete(values: dict[str, Any], problems: list[str]) -> Settings | None:
             f"--listen {listen}: not a loopback address, so --allowed-clients CIDR,... is"
             " required (the proxy lends its credentials to whoever can reach it)"
         )
+    workers: int = values.get("workers", Settings.workers)
+    cap: int = values.get("token_requests_per_minute", Settings.token_requests_per_minute)
+    cap_refused = (
+        "token_requests_per_minute" in sources and "token_requests_per_minute" not in values
+    )
+    # Each worker holds its own token under cap // workers requests a minute: with more
+    # workers than the cap, their shares would add up to more than the cap.
+    if workers > cap and not cap_refused:
+        problems.append(
+            f"{label('workers')}: {workers} workers need --token-requests-per-minute of at least"
+            f" {workers} (one token request a minute each), not {cap}: lower --workers or raise"
+            " the cap"
+        )
     ca_bundle: Path | None = values.get("ca_bundle")
-    if ca_bundle is not None and not os.access(ca_bundle, os.R_OK):
-        problems.append(f"AGENTSYNC_PROXY_CA_BUNDLE: cannot read {ca_bundle}")
+    problem = _ca_bundle_problem(ca_bundle) if ca_bundle is not None else None
+    if problem:
+        problems.append(f"{label('ca_bundle')}: {problem}")
 
     if problems:
         return None
@@ -457,17 +547,32 @@ def _url_problem(url: str, *, api: bool) -> str | None:
     return None
 
 
-def _secret_file_problems(path: Path, warnings: list[str]) -> list[str]:
+def _ca_bundle_problem(path: Path) -> str | None:
+    """Load the bundle as the clients will, into a context thrown away: a file TLS cannot use
+    must stop start-up here, not fail once the proxy is running."""
+    hint = "(give a file of PEM CA certificates)"
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+    except ssl.SSLError as exc:  # before OSError, its base class
+        if exc.reason == "NO_CERTIFICATE_OR_CRL_FOUND":
+            return f"{path} holds no PEM certificate {hint}"
+        return f"{path} is not valid PEM {hint}"
+    except IsADirectoryError:
+        return f"{path} is a directory {hint}"
+    except OSError as exc:
+        return f"cannot read {path} ({exc.strerror}) {hint}"
+    return None
+
+
+def _secret_file_problems(path: Path, label: str, warnings: list[str]) -> list[str]:
     try:
         content = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        return [f"AGENTSYNC_CLIENT_SECRET_FILE: cannot read {path} ({exc.strerror})"]
+        return [f"{label}: cannot read {path} ({exc.strerror})"]
     except UnicodeDecodeError:
-        return [f"AGENTSYNC_CLIENT_SECRET_FILE: {path} is not UTF-8 text"]
+        return [f"{label}: {path} is not UTF-8 text"]
     if not content:
-        return [f"AGENTSYNC_CLIENT_SECRET_FILE: {path} is empty"]
+        return [f"{label}: {path} is empty"]
     if readable_by_others(path):
-        warnings.append(
-            f"AGENTSYNC_CLIENT_SECRET_FILE: {path} is readable by other users (chmod 600 it)"
-        )
+        warnings.append(f"{label}: {path} is readable by other users (chmod 600 it)")
     return []

@@ -16,6 +16,7 @@ import structlog
 
 from proxy.credentials import ClientSecret, Secret
 from proxy.errors import TokenRejected, TokenUnavailable
+from proxy.numbers import whole_number
 
 log = structlog.get_logger("proxy.tokens")
 RETRY_AFTER_CAP = 120.0
@@ -44,7 +45,7 @@ def retry_after_seconds(header: str | None, now: float | None = None) -> float |
     if not header:
         return None
     header = header.strip()
-    if header.isdigit():
+    if header.isascii() and header.isdigit():  # isdigit() alone also says yes to '²'
         return min(float(header), RETRY_AFTER_CAP)
     try:
         when = parsedate_to_datetime(header).timestamp()
@@ -185,8 +186,8 @@ def _json_object(body: bytes) -> dict[str, object] | None:
 def _lifetime(value: object) -> float | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
+    if isinstance(value, str):
+        value = whole_number(value.strip())
     if isinstance(value, int | float) and 0 < value < 10 * 365 * 86400:
         return float(value)
     return None

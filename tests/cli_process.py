@@ -33,7 +33,12 @@ async def run_cli(*args: str, env: Mapping[str, str] | None = None) -> Completed
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        if process.returncode is None:  # a command that should have ended serves on instead
+            process.kill()
+            await process.wait()
     assert process.returncode is not None
     return Completed(process.returncode, out.decode(), err.decode())
 

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -45,11 +46,60 @@ async def test_check_with_a_wrong_secret_exits_1_with_one_line(
     assert "Traceback" not in result.stderr
 
 
+async def test_check_waits_for_a_token_no_longer_than_the_token_timeout(
+    upstream: RawUpstream,
+) -> None:
+    async def never_answer(received: Received, writer: Writer) -> None:
+        await asyncio.Event().wait()
+
+    upstream.responder = never_answer
+    env = {
+        "AGENTSYNC_CLIENT_ID": "id",
+        "AGENTSYNC_CLIENT_SECRET": "s",
+        "AGENTSYNC_TOKEN_URL": upstream.url + "/oauth2/token",
+        "AGENTSYNC_API_BASE_URL": upstream.url,
+    }
+    result = await run_cli("check", "--token-timeout", "1", env=env)
+    assert result.status == 1
+    assert result.stderr.splitlines()[-1] == (
+        "agentsync-proxy: token_unavailable: no token yet: the token endpoint has not answered"
+        " within --token-timeout; check AGENTSYNC_TOKEN_URL and the network"
+    )
+    assert len(upstream.received) == 1  # given up on, not retried for the default 30 s
+
+
 async def test_check_with_bad_configuration_exits_2_listing_every_problem() -> None:
     result = await run_cli("check", env={"AGENTSYNC_ENVIRONMENT": "test"})
     assert result.status == 2
     assert result.stderr.count("\n") == 3  # API base URL, client id, client secret
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "check"])
+@pytest.mark.parametrize("bundle", ["directory", "text"])
+async def test_a_ca_bundle_that_cannot_be_used_is_one_line_and_exit_2(
+    command: str, bundle: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "ca.pem"
+    if bundle == "directory":
+        path.mkdir()
+    else:
+        path.write_text("a host name\n")
+    env = {"AGENTSYNC_CLIENT_ID": "id", "AGENTSYNC_CLIENT_SECRET": "s"}
+    result = await run_cli(command, "--ca-bundle", str(path), env=env)
+    assert result.status == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"agentsync-proxy: --ca-bundle: {path} ")
+
+
+@pytest.mark.parametrize("flag", ["--api-base-url", "--token-url"])
+async def test_a_password_in_a_url_is_refused_and_never_printed(flag: str) -> None:
+    env = {"AGENTSYNC_CLIENT_ID": "id", "AGENTSYNC_CLIENT_SECRET": "s"}
+    result = await run_cli("check", flag, "http://u:hunter2@127.0.0.1:9/", env=env)
+    assert result.status == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"agentsync-proxy: {flag}: http://***@127.0.0.1:9/ must not hold")
+    assert "hunter2" not in result.stdout + result.stderr
 
 
 async def test_version() -> None:
@@ -252,6 +302,43 @@ async def test_a_port_in_use_is_one_line_and_exit_2(
     assert "Traceback" not in done.stderr + done.stdout
     [line] = [line for line in done.stderr.splitlines() if address in line]
     assert line.startswith(f"agentsync-proxy: {flag} {address}: address already in use")
+
+
+async def test_more_workers_than_the_token_cap_is_one_line_and_exit_2() -> None:
+    env = {"AGENTSYNC_CLIENT_ID": "id", "AGENTSYNC_CLIENT_SECRET": "s"}
+    result = await run_cli("serve", "--workers", "30", env=env)
+    assert result.status == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith("agentsync-proxy: --workers: 30 workers need")
+
+
+@pytest.mark.parametrize("value", ["x", "²", "-1", "0", "21"])
+async def test_a_bad_internal_worker_variable_is_one_line_and_exit_2(value: str) -> None:
+    env = {
+        "AGENTSYNC_CLIENT_ID": "id",
+        "AGENTSYNC_CLIENT_SECRET": "s",
+        "AGENTSYNC_PROXY_WORKER_OF": value,
+    }
+    result = await run_cli("serve", env=env)
+    assert result.status == 2
+    [line] = result.stderr.splitlines()
+    assert line == (
+        f"agentsync-proxy: AGENTSYNC_PROXY_WORKER_OF: {value!r} is not a number of workers from"
+        " 1 to 20; the proxy sets this variable for its own worker processes: unset it"
+    )
+
+
+@pytest.mark.parametrize("command", ["simulator", "demo"])
+@pytest.mark.parametrize("value", ["inf", "1e400", "nan", "0", "١٢", "soon"])
+async def test_a_token_lifetime_that_is_not_a_finite_positive_number_is_refused(
+    taken_port: int, command: str, value: str
+) -> None:
+    # The taken port makes a wrongly accepted value end at once instead of serving on.
+    done = await run_cli(command, "--listen", f"127.0.0.1:{taken_port}", "--token-lifetime", value)
+    assert done.status == 2
+    assert done.stderr.splitlines()[-1].endswith(
+        f"argument --token-lifetime: {value!r} is not a finite number of seconds above 0"
+    )
 
 
 async def test_workers_share_the_port_and_stop_together(

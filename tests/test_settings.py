@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import trustme
 
 from proxy.cli import main
 from proxy.settings import ConfigError, Settings, load_settings
@@ -99,6 +100,196 @@ def test_bad_settings_are_named_with_what_to_do(environ: dict[str, str], expecte
     found = problems({}, {**BASE_ENV, **environ})
     assert len(found) == 1
     assert expected in found[0]
+
+
+DURATIONS = (
+    "refresh_margin",
+    "token_timeout",
+    "default_token_lifetime",
+    "connect_timeout",
+    "upstream_timeout",
+    "shutdown_timeout",
+)
+
+
+@pytest.mark.parametrize("name", DURATIONS)
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "Infinity"])
+def test_durations_must_be_finite(name: str, value: str) -> None:
+    [problem] = problems({name: value}, BASE_ENV)
+    assert problem == (
+        f"--{name.replace('_', '-')}: {value!r} is not a finite number of seconds (for example 30)"
+    )
+
+
+@pytest.mark.parametrize("name", DURATIONS)
+def test_a_duration_beyond_what_a_float_holds_is_too_large(name: str) -> None:
+    [problem] = problems({name: "1e400"}, BASE_ENV)
+    assert problem == f"--{name.replace('_', '-')}: '1e400' is too large (for example 30)"
+
+
+def test_a_duration_from_the_file_must_be_finite_too(tmp_path: Path) -> None:
+    config = tmp_path / "proxy.toml"
+    config.write_text("token_timeout = inf\n")
+    [problem] = problems({"config": str(config)}, BASE_ENV)
+    assert (
+        problem
+        == f"{config}: token_timeout: inf is not a finite number of seconds (for example 30)"
+    )
+
+
+@pytest.mark.parametrize("port", ["²", "0", "65536", "٨٠", "x", "-1"])
+def test_a_listen_port_that_is_not_1_to_65535_says_so(port: str) -> None:
+    [problem] = problems({"listen": f"127.0.0.1:{port}"}, BASE_ENV)
+    assert problem == (
+        f"--listen: {port!r} is not a port: give a number from 1 to 65535"
+        " (for example 127.0.0.1:8080)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("max_body_size", "١٢"),  # Arabic-Indic digits: int() reads them, isdigit() says yes
+        ("workers", "²"),  # isdigit() says yes, int() refuses
+        ("connect_timeout", "١٢"),  # float() reads them too
+        ("refresh_margin", "²"),
+    ],
+)
+def test_numbers_are_ascii_digits_only(name: str, value: str) -> None:
+    [problem] = problems({name: value}, BASE_ENV)
+    assert problem.startswith(f"--{name.replace('_', '-')}: {value!r} is not a ")
+
+
+def test_a_number_too_large_for_any_setting_is_one_clear_line() -> None:
+    [problem] = problems({"max_body_size": "9" * 5000}, BASE_ENV)
+    assert problem.startswith("--max-body-size: ") and problem.endswith(" is too large")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("environment", "bogus", "unknown environment 'bogus'"),
+        ("api_base_url", "http://api.example.com", "must use https://"),
+        ("token_url", "http://auth.example.com/t", "must use https://"),
+        ("ca_bundle", "/nonexistent/ca.pem", "cannot read"),
+        ("client_secret_file", "/nonexistent/secret", "cannot read"),
+    ],
+)
+def test_a_problem_is_labelled_with_where_the_value_came_from(
+    name: str, value: str, expected: str, tmp_path: Path
+) -> None:
+    env_name = "AGENTSYNC_" + ("PROXY_" * (name == "ca_bundle")) + name.upper()
+    environ = {"AGENTSYNC_CLIENT_ID": "id"}
+    if name != "client_secret_file":
+        environ["AGENTSYNC_CLIENT_SECRET"] = "s"
+    config = tmp_path / "proxy.toml"
+    config.write_text(f"{name} = {value!r}\n".replace("'", '"'))
+    sources: list[tuple[dict[str, object], dict[str, str], str]] = [
+        ({name: value}, {}, "--" + name.replace("_", "-")),
+        ({}, {env_name: value}, env_name),
+        ({"config": str(config)}, {}, f"{config}: {name}"),
+    ]
+    for flags, env, label in sources:
+        [problem] = problems(flags, {**environ, **env})
+        assert problem.startswith(f"{label}: ") and expected in problem
+
+
+def test_a_ca_bundle_of_pem_certificates_is_accepted(tmp_path: Path) -> None:
+    bundle = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(bundle))
+    settings = load_settings({"ca_bundle": str(bundle)}, BASE_ENV)
+    assert settings.ca_bundle == bundle
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "is a directory"),
+        ("a host name\n", "holds no PEM certificate"),
+        (
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n",
+            "is not valid PEM",
+        ),
+    ],
+)
+def test_a_ca_bundle_that_is_not_pem_certificates_is_one_line(
+    content: str | None, expected: str, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "ca.pem"
+    if content is None:
+        bundle.mkdir()
+    else:
+        bundle.write_text(content)
+    [problem] = problems({"ca_bundle": str(bundle)}, BASE_ENV)
+    assert problem.startswith(f"--ca-bundle: {bundle} {expected}")
+    assert problem.endswith("(give a file of PEM CA certificates)")
+
+
+@pytest.mark.parametrize("name", ["api_base_url", "token_url"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://u:hunter2@127.0.0.1:9/",
+        "https://u:hunter2@auth.example.com/oauth2/token",
+        "https://:hunter2@api.example.com",
+        "https://hunter2@api.example.com",
+        "ftp://u:hunter2@api.example.com",
+        "https://u:hunter2@[bad/",
+        "https://u:hunter2/x@api.example.com/",
+    ],
+)
+def test_a_url_with_a_user_or_password_is_refused_without_showing_it(name: str, url: str) -> None:
+    [problem] = problems({name: url}, BASE_ENV)
+    assert problem.startswith(f"--{name.replace('_', '-')}: ")
+    assert "hunter2" not in problem
+
+
+@pytest.mark.parametrize("name", ["api_base_url", "token_url"])
+def test_a_url_with_a_user_or_password_says_where_credentials_go(name: str) -> None:
+    [problem] = problems({name: "https://u:hunter2@api.example.com/"}, BASE_ENV)
+    assert problem == (
+        f"--{name.replace('_', '-')}: https://***@api.example.com/ must not hold a user name or"
+        " password (give the client id and secret in their own settings: --client-id, and"
+        " AGENTSYNC_CLIENT_SECRET or --client-secret-file)"
+    )
+
+
+def test_an_origin_with_a_user_or_password_is_refused_without_showing_it() -> None:
+    [problem] = problems({"allowed_origins": "https://u:hunter2@app.example.com"}, BASE_ENV)
+    assert problem == (
+        "--allowed-origins: 'https://***@app.example.com' is not an origin such as"
+        " https://app.example.com"
+    )
+
+
+def test_every_bad_item_of_a_list_is_reported() -> None:
+    found = problems(
+        {
+            "allowed_clients": "10.0.0.0/33,192.168.0.0/16,abc",
+            "allowed_origins": "app.example.com,https://ok.example.com,ftp://x",
+        },
+        BASE_ENV,
+    )
+    assert found == [
+        "--allowed-clients: '10.0.0.0/33' is not an address or CIDR block",
+        "--allowed-clients: 'abc' is not an address or CIDR block",
+        "--allowed-origins: 'app.example.com' is not an origin such as https://app.example.com",
+        "--allowed-origins: 'ftp://x' is not an origin such as https://app.example.com",
+    ]
+
+
+def test_more_workers_than_token_requests_a_minute_is_refused() -> None:
+    # Each worker keeps its own token and a share of the cap: at least one request a minute.
+    [problem] = problems({"workers": "30"}, BASE_ENV)
+    assert problem == (
+        "--workers: 30 workers need --token-requests-per-minute of at least 30 (one token"
+        " request a minute each), not 20: lower --workers or raise the cap"
+    )
+
+
+def test_as_many_workers_as_token_requests_a_minute_is_fine() -> None:
+    settings = load_settings({"workers": "4", "token_requests_per_minute": "4"}, BASE_ENV)
+    assert (settings.workers, settings.token_requests_per_minute) == (4, 4)
 
 
 @pytest.mark.parametrize(

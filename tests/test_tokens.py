@@ -152,6 +152,46 @@ async def test_missing_expires_in_falls_back_to_the_default_lifetime(
     assert left is not None and 1200 < left <= 1234
 
 
+@pytest.mark.parametrize("digits", ["²", "١٢"])  # isdigit() says yes to both
+async def test_an_expires_in_not_in_ascii_digits_counts_as_missing(
+    make_proxy: ProxyFactory, aiohttp_server: ServerFactory, digits: str
+) -> None:
+    async def token(request: web.Request) -> web.Response:
+        body = {"access_token": "odd-expiry", "token_type": "Bearer", "expires_in": digits}
+        return web.json_response(body)
+
+    app = web.Application()
+    app.router.add_post("/oauth2/token", token)
+    server = await aiohttp_server(app)
+    proxy = await make_proxy(
+        token_url=str(server.make_url("/oauth2/token")), default_token_lifetime=1234
+    )
+    assert await get_all(proxy.url, 1) == [200]
+    left = proxy.app[METRICS].registry.get_sample_value("agentsync_proxy_token_expires_in_seconds")
+    assert left is not None and 1200 < left <= 1234
+
+
+async def test_a_retry_after_not_in_ascii_digits_is_ignored(
+    make_proxy: ProxyFactory, aiohttp_server: ServerFactory
+) -> None:
+    answers = 0
+
+    async def token(request: web.Request) -> web.Response:
+        nonlocal answers
+        answers += 1
+        if answers == 1:
+            return web.json_response({}, status=503, headers={"Retry-After": "²"})
+        body = {"access_token": "after-503", "token_type": "Bearer", "expires_in": 3600}
+        return web.json_response(body)
+
+    app = web.Application()
+    app.router.add_post("/oauth2/token", token)
+    server = await aiohttp_server(app)
+    proxy = await make_proxy(token_url=str(server.make_url("/oauth2/token")))
+    assert await get_all(proxy.url, 1) == [200]
+    assert answers == 2
+
+
 async def test_upstream_rejecting_every_token_stays_within_the_token_cap(
     agentsync_simulator: RunningSimulator, make_proxy: ProxyFactory, upstream: RawUpstream
 ) -> None:
