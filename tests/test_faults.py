@@ -64,6 +64,11 @@ async def status_500(request: web.Request) -> web.StreamResponse:
     return web.json_response({"error": "server_error"}, status=500)
 
 
+async def status_503_with_odd_retry_after(request: web.Request) -> web.StreamResponse:
+    # "²".isdigit() is True, yet it is no number of seconds
+    return web.json_response({"error": "unavailable"}, status=503, headers={"Retry-After": "²"})
+
+
 async def not_json(request: web.Request) -> web.StreamResponse:
     return web.Response(text="<html>maintenance</html>", content_type="text/html")
 
@@ -77,6 +82,7 @@ async def no_access_token(request: web.Request) -> web.StreamResponse:
     [
         (hang, "token endpoint has not answered within --token-timeout"),
         (status_500, "answered 500"),
+        (status_503_with_odd_retry_after, "answered 503"),
         (not_json, "not JSON"),
         (no_access_token, "without an access_token"),
     ],
