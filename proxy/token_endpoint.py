@@ -188,7 +188,7 @@ class TokenEndpoint:
 def _json_object(body: bytes) -> dict[str, object] | None:
     try:
         payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply
         return None
     return payload if isinstance(payload, dict) else None
 

@@ -9,7 +9,7 @@ import copy
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -78,6 +78,7 @@ class TokenSource:
         backoff_ceiling: float = 30.0,
         rejection_ttl: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_attempt: Callable[[str, float], None] | None = None,
     ) -> None:
         self.fetcher = fetcher
@@ -89,6 +90,7 @@ class TokenSource:
         self.backoff_ceiling = backoff_ceiling
         self.rejection_ttl = rejection_ttl
         self.clock = clock
+        self.sleep = sleep  # with the clock, lets tests run the refresher in virtual time
         self.cap = RequestCap(requests_per_minute, clock=clock)
         self.current: Token | None = None
         self._failure: _Failure | None = None
@@ -140,7 +142,7 @@ class TokenSource:
                 with contextlib.suppress(TokenError):
                     await asyncio.shield(self._start_refresh())
                 continue
-            await asyncio.sleep(delay)
+            await self.sleep(delay)
 
     def _failing(self, now: float) -> bool:
         return self._failure is not None and now < self._failure.until
@@ -174,10 +176,11 @@ class TokenSource:
             self._failure = _Failure(exc, self.clock() + self.rejection_ttl)
             log.error("token_request_rejected", error=exc.description)
             raise
-        except TokenUnavailable as exc:
-            self._failure = _Failure(exc, self.clock() + max(1.0, exc.retry_after or 0.0))
-            log.error("token_unavailable", error=exc.description, retry_after=exc.retry_after)
-            raise
+        except Exception as exc:  # whatever went wrong, the failure is remembered and reported
+            error = exc if isinstance(exc, TokenUnavailable) else _unexpected(exc)
+            self._failure = _Failure(error, self.clock() + max(1.0, error.retry_after or 0.0))
+            log.error("token_unavailable", error=error.description, retry_after=error.retry_after)
+            raise error from None
         self.current = token
         self._failure = None
         log.info("token_obtained", expires_in=round(token.lifetime), scope=token.scope)
@@ -189,6 +192,7 @@ class TokenSource:
             stop=stop_after_attempt(self.max_attempts),
             wait=self._wait,
             before_sleep=_log_retry,
+            sleep=self.sleep,
             reraise=True,
         )
         async for attempt in retrying:
@@ -214,6 +218,10 @@ class TokenSource:
         except TokenRejected:
             outcome = "rejected"
             raise
+        except TokenUnavailable:
+            raise
+        except Exception as exc:  # an answer or a bug nobody foresaw: retried like a 503
+            raise _unexpected(exc) from None
         finally:
             if self.on_attempt is not None:
                 self.on_attempt(outcome, self.clock() - started)
@@ -225,6 +233,16 @@ class TokenSource:
         if retry_after is not None and retry_after > delay:
             return min(retry_after, self.backoff_ceiling * 4)
         return delay
+
+
+def _unexpected(error: Exception) -> TokenUnavailable:
+    """An unforeseen error of a token request as an unavailability, so that it cannot end the
+    background refresher. Its traceback goes to the log; clients get its type only."""
+    log.error("token_request_failed", exc_info=error)
+    return TokenUnavailable(
+        f"the token request failed unexpectedly ({type(error).__name__}); the proxy retries with"
+        " backoff; its log has the details (token_request_failed)"
+    )
 
 
 def _is_transient(error: BaseException) -> bool:

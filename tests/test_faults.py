@@ -105,6 +105,70 @@ async def test_token_endpoint_fault_gives_503_token_unavailable(
     assert logged in messages or logged in body["error_description"]
 
 
+def answering(status: int, body: bytes, **headers: str) -> Behaviour:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            status=status, body=body, headers=headers, content_type="application/json"
+        )
+
+    return answer
+
+
+TOKEN = b'{"access_token": "garbage-token", "token_type": "Bearer", '
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "status"),
+    [
+        pytest.param(status_503_with_odd_retry_after, 503, id="503-retry-after-superscript"),
+        pytest.param(
+            answering(503, b"{}", **{"Retry-After": "-1"}), 503, id="503-retry-after-negative"
+        ),
+        pytest.param(
+            answering(429, b"{}", **{"Retry-After": "Thu, 99 Foo 2025 99:99:99 GMT"}),
+            503,
+            id="429-retry-after-bad-date",
+        ),
+        pytest.param(not_json, 503, id="200-html"),
+        pytest.param(answering(200, b'[{"access_token": "in-an-array"}]'), 503, id="200-array"),
+        pytest.param(answering(200, b"[" * 100_000), 503, id="200-nested-too-deep"),
+        pytest.param(
+            answering(200, b'{"access_token": 123, "token_type": "Bearer"}'),
+            503,
+            id="200-access-token-number",
+        ),
+        pytest.param(answering(200, TOKEN + b'"expires_in": "abc"}'), 200, id="200-expires-in-abc"),
+        pytest.param(
+            answering(200, TOKEN + b'"expires_in": "\\u00b2"}'),
+            200,
+            id="200-expires-in-superscript",
+        ),
+    ],
+)
+async def test_the_background_refresher_keeps_going_whatever_the_token_endpoint_answers(
+    make_proxy: ProxyFactory, aiohttp_server: ServerFactory, behaviour: Behaviour, status: int
+) -> None:
+    requests, seventh = 0, asyncio.Event()
+
+    async def counted(request: web.Request) -> web.StreamResponse:
+        nonlocal requests
+        requests += 1
+        if requests == 7:
+            seventh.set()
+        return await behaviour(request)
+
+    server = await aiohttp_server(token_app(counted))
+    proxy = await make_proxy(
+        token_url=str(server.make_url("/oauth2/token")), default_token_lifetime=0.2
+    )
+    async with asyncio.timeout(10):  # no client asked: the refresher made every request
+        await seventh.wait()
+    got, body, _ = await get(proxy)
+    assert got == status
+    if status == 503:
+        assert body["error"] == "token_unavailable"
+
+
 async def test_token_endpoint_429_with_retry_after_is_waited_out(
     agentsync_simulator: Any, make_proxy: ProxyFactory, upstream: RawUpstream
 ) -> None:

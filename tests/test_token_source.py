@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
+from typing import Any
 
 import pytest
+import structlog
 
 from proxy.credentials import Secret
 from proxy.errors import TokenRejected, TokenUnavailable
@@ -20,6 +22,11 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        """Virtual time: a pause passes at once."""
+        self.now += seconds
+        await asyncio.sleep(0)
 
 
 class ScriptedFetcher:
@@ -42,9 +49,9 @@ class ScriptedFetcher:
         return Token(Secret(f"t{len(self.calls)}"), now + step, step, None, now + step)
 
 
-def source(fetcher: ScriptedFetcher, clock: Clock, **options: float) -> TokenSource:
-    defaults: dict[str, float] = {"backoff_initial": 0.001, "refresh_margin": 300.0}
-    return TokenSource(fetcher, clock=clock, **{**defaults, **options})  # type: ignore[arg-type]
+def source(fetcher: ScriptedFetcher, clock: Clock, **options: Any) -> TokenSource:
+    defaults: dict[str, Any] = {"backoff_initial": 0.001, "refresh_margin": 300.0}
+    return TokenSource(fetcher, clock=clock, **{**defaults, **options})
 
 
 async def test_token_is_reused_until_the_refresh_margin() -> None:
@@ -219,3 +226,31 @@ async def test_callers_waiting_on_a_failing_fetch_are_not_kept_alive() -> None:
     assert [ref() for ref in refs] == [None, None, None]
     assert errors == [("TokenUnavailable", "down", 30.0)] * 3
     assert len(fetcher.calls) == 1
+
+
+async def test_an_unexpected_error_of_a_token_request_is_an_unavailability() -> None:
+    clock = Clock()
+    fetcher = ScriptedFetcher(clock, RuntimeError("bug"))
+    tokens = source(fetcher, clock, max_attempts=2)
+    with structlog.testing.capture_logs() as logs, pytest.raises(TokenUnavailable) as unavailable:
+        await tokens.token()
+    assert "RuntimeError" in unavailable.value.description
+    assert isinstance(tokens.last_error, TokenUnavailable)
+    assert len(fetcher.calls) == 2  # retried like any other unavailability
+    failures = [entry for entry in logs if entry["event"] == "token_request_failed"]
+    assert len(failures) == 2 and all(entry["exc_info"] for entry in failures)
+
+
+async def test_the_refresher_outlives_unexpected_errors_of_token_requests() -> None:
+    clock = Clock()
+    fetcher = ScriptedFetcher(clock, RuntimeError("bug"), RuntimeError("bug"), 3600.0)
+    tokens = source(fetcher, clock, max_attempts=1, sleep=clock.sleep)
+    refresher = asyncio.create_task(tokens.run())
+    try:
+        async with asyncio.timeout(5):
+            while tokens.current is None and not refresher.done():
+                await asyncio.sleep(0)
+        assert not refresher.done()
+        assert tokens.current is not None and len(fetcher.calls) == 3
+    finally:
+        refresher.cancel()
