@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+)
 
 from proxy.errors import TokenError, TokenRejected, TokenUnavailable
 from proxy.token_endpoint import Token
@@ -60,7 +66,8 @@ class _Failure:
 
 def backoff(attempt: int, initial: float, ceiling: float) -> float:
     """Exponential backoff with equal jitter: half fixed, half random."""
-    base = min(ceiling, initial * 2.0 ** (attempt - 1))
+    # The exponent stops at 64: 2.0 ** 1024 overflows, and an outage can last that many attempts.
+    base = min(ceiling, initial * 2.0 ** min(attempt - 1, 64))
     jitter: float = random.uniform(0, base / 2)  # noqa: S311 - jitter, not security
     return base / 2 + jitter
 
@@ -94,6 +101,7 @@ class TokenSource:
         self.cap = RequestCap(requests_per_minute, clock=clock)
         self.current: Token | None = None
         self._failure: _Failure | None = None
+        self._unavailable_in_a_row = 0  # failed token requests since the last success
         self._inflight: asyncio.Task[Token] | None = None
 
     @property
@@ -118,7 +126,7 @@ class TokenSource:
                 self._start_refresh()
             return token
         if self._failure is not None and self._failing(now):
-            raise _fresh(self._failure.error)
+            raise _fresh(self._failure.error, retry_after=self._failure.until - now)
         return await self._await_refresh()
 
     async def renew(self, rejected: Token) -> Token:
@@ -178,18 +186,25 @@ class TokenSource:
             raise
         except Exception as exc:  # whatever went wrong, the failure is remembered and reported
             error = exc if isinstance(exc, TokenUnavailable) else _unexpected(exc)
-            self._failure = _Failure(error, self.clock() + max(1.0, error.retry_after or 0.0))
-            log.error("token_unavailable", error=error.description, retry_after=error.retry_after)
-            raise error from None
+            pause = self._pause(error)
+            self._failure = _Failure(error, self.clock() + pause)
+            log.error("token_unavailable", error=error.description, retry_after=round(pause, 3))
+            # Clients are told to come back when the next token request is due.
+            raise _fresh(error, retry_after=pause) from None
         self.current = token
         self._failure = None
         log.info("token_obtained", expires_in=round(token.lifetime), scope=token.scope)
         return token
 
     async def _fetch_with_retries(self) -> Token:
+        # The first failure of a token request gets a few quick retries. Once they have failed
+        # too, each later round is one request, and the pause before it keeps growing until a
+        # request succeeds (see _pause). A round also ends rather than make the requests waiting
+        # for it wait past --token-timeout (a long Retry-After): they get the 503 at once.
+        attempts = self.max_attempts if self._unavailable_in_a_row == 0 else 1
         retrying = AsyncRetrying(
             retry=retry_if_exception(_is_transient),
-            stop=stop_after_attempt(self.max_attempts),
+            stop=stop_after_attempt(attempts) | stop_before_delay(self.wait_timeout),
             wait=self._wait,
             before_sleep=_log_retry,
             sleep=self.sleep,
@@ -214,21 +229,29 @@ class TokenSource:
         try:
             token = await self.fetcher.fetch()
             outcome = "success"
+            self._unavailable_in_a_row = 0
             return token
         except TokenRejected:
             outcome = "rejected"
             raise
         except TokenUnavailable:
+            self._unavailable_in_a_row += 1
             raise
         except Exception as exc:  # an answer or a bug nobody foresaw: retried like a 503
+            self._unavailable_in_a_row += 1
             raise _unexpected(exc) from None
         finally:
             if self.on_attempt is not None:
                 self.on_attempt(outcome, self.clock() - started)
 
     def _wait(self, state: RetryCallState) -> float:
-        delay = backoff(state.attempt_number, self.backoff_initial, self.backoff_ceiling)
-        error = state.outcome.exception() if state.outcome else None
+        return self._pause(state.outcome.exception() if state.outcome else None)
+
+    def _pause(self, error: BaseException | None) -> float:
+        """The pause before the next token request: the backoff for the requests failed so far
+        in this outage, or longer when the token endpoint asked for it (Retry-After)."""
+        failed = max(1, self._unavailable_in_a_row)
+        delay = backoff(failed, self.backoff_initial, self.backoff_ceiling)
         retry_after = error.retry_after if isinstance(error, TokenUnavailable) else None
         if retry_after is not None and retry_after > delay:
             return min(retry_after, self.backoff_ceiling * 4)
@@ -259,13 +282,15 @@ def _log_retry(state: RetryCallState) -> None:
     )
 
 
-def _fresh(error: BaseException) -> BaseException:
+def _fresh(error: BaseException, retry_after: float | None = None) -> BaseException:
     """A copy of a remembered error, to raise without its traceback: raising the stored object
     again would append every caller's frames to it and keep their requests in memory."""
     if not isinstance(error, TokenError):
         return error
     fresh = copy.copy(error)
     fresh.__traceback__ = None
+    if retry_after is not None and isinstance(fresh, TokenUnavailable):
+        fresh.retry_after = retry_after
     return fresh
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import weakref
 from typing import Any
 
@@ -13,7 +14,7 @@ import structlog
 from proxy.credentials import Secret
 from proxy.errors import TokenRejected, TokenUnavailable
 from proxy.token_endpoint import Token
-from proxy.tokens import CapReached, RequestCap, TokenSource
+from proxy.tokens import CapReached, RequestCap, TokenSource, backoff
 
 
 class Clock:
@@ -35,11 +36,13 @@ class ScriptedFetcher:
     def __init__(self, clock: Clock, *script: float | Exception) -> None:
         self.clock = clock
         self.script = list(script)
-        self.calls: list[float] = []
+        self.calls: list[float] = []  # the event loop's time of each request
+        self.at: list[float] = []  # the injected clock's
         self.gate: asyncio.Event | None = None
 
     async def fetch(self) -> Token:
         self.calls.append(asyncio.get_running_loop().time())
+        self.at.append(self.clock())
         if self.gate is not None:
             await self.gate.wait()
         step = self.script.pop(0) if len(self.script) > 1 else self.script[0]
@@ -254,3 +257,85 @@ async def test_the_refresher_outlives_unexpected_errors_of_token_requests() -> N
         assert tokens.current is not None and len(fetcher.calls) == 3
     finally:
         refresher.cancel()
+
+
+async def run_for(tokens: TokenSource, clock: Clock, seconds: float) -> None:
+    """Run the background refresher for `seconds` of virtual time."""
+    refresher = asyncio.create_task(tokens.run())
+    end = clock.now + seconds
+    try:
+        async with asyncio.timeout(10):
+            while clock.now < end:
+                assert not refresher.done()
+                await asyncio.sleep(0)
+    finally:
+        refresher.cancel()
+
+
+def pauses(times: list[float]) -> list[float]:
+    return [later - earlier for earlier, later in itertools.pairwise(times)]
+
+
+async def test_backoff_keeps_growing_through_an_outage_up_to_its_ceiling() -> None:
+    clock = Clock()
+    fetcher = ScriptedFetcher(clock, TokenUnavailable("503"))
+    tokens = source(
+        fetcher,
+        clock,
+        sleep=clock.sleep,
+        backoff_initial=0.25,
+        backoff_ceiling=30.0,
+        max_attempts=5,
+    )
+    await run_for(tokens, clock, 600)
+    for number, gap in enumerate(pauses(fetcher.at)):
+        step = min(30.0, 0.25 * 2**number)  # 0.25, 0.5, 1, 2, 4, 8, 16, then 30 s on
+        assert step / 2 <= gap <= step, f"pause {number}"  # equal jitter
+    assert len(fetcher.at) <= 8 + (600 - 31.75) / 15
+    assert not isinstance(tokens.last_error, CapReached)  # the cap was never needed
+
+
+async def test_backoff_starts_again_from_its_first_step_after_a_success() -> None:
+    clock = Clock()
+    down = TokenUnavailable("503")
+    fetcher = ScriptedFetcher(clock, *[down] * 12, 600.0, down, 3600.0)
+    tokens = source(
+        fetcher,
+        clock,
+        sleep=clock.sleep,
+        backoff_initial=0.25,
+        backoff_ceiling=30.0,
+        max_attempts=5,
+    )
+    await run_for(tokens, clock, 1000)
+    assert len(fetcher.at) == 15
+    assert pauses(fetcher.at)[11] >= 15.0  # the outage had reached the ceiling
+    assert pauses(fetcher.at)[13] <= 0.25  # a new outage starts with the first step
+
+
+async def test_a_remembered_unavailability_tells_clients_when_the_next_attempt_is() -> None:
+    clock = Clock()
+    fetcher = ScriptedFetcher(clock, TokenUnavailable("503", retry_after=20.0))
+    tokens = source(fetcher, clock, max_attempts=1)
+    with pytest.raises(TokenUnavailable) as first:
+        await tokens.token()
+    assert first.value.retry_after == 20.0
+    clock.now += 15.0
+    with pytest.raises(TokenUnavailable) as remembered:
+        await tokens.token()
+    assert remembered.value.retry_after == pytest.approx(5.0)
+    assert len(fetcher.calls) == 1
+
+
+async def test_a_retry_after_longer_than_a_request_waits_ends_the_attempts_at_once() -> None:
+    clock = Clock()
+    fetcher = ScriptedFetcher(clock, TokenUnavailable("429", retry_after=60.0))
+    tokens = source(fetcher, clock, sleep=clock.sleep, wait_timeout=30.0)
+    with pytest.raises(TokenUnavailable) as unavailable:
+        await tokens.token()
+    assert unavailable.value.retry_after == 60.0
+    assert len(fetcher.calls) == 1
+
+
+def test_backoff_stays_at_its_ceiling_however_long_the_outage() -> None:
+    assert 15.0 <= backoff(5000, 0.25, 30.0) <= 30.0
