@@ -102,6 +102,7 @@ class TokenSource:
         self.current: Token | None = None
         self._failure: _Failure | None = None
         self._unavailable_in_a_row = 0  # failed token requests since the last success
+        self._last_request_failed: str | None = None  # why, unless the last request succeeded
         self._inflight: asyncio.Task[Token] | None = None
 
     @property
@@ -214,12 +215,7 @@ class TokenSource:
             with attempt:
                 wait = self.cap.try_acquire()
                 if wait:
-                    raise CapReached(
-                        "the proxy's cap on token requests per minute is used up"
-                        " (--token-requests-per-minute); the upstream may be rejecting every"
-                        " token",
-                        retry_after=wait,
-                    )
+                    raise CapReached(self._cap_reached_description(), retry_after=wait)
                 return await self._attempt()
         raise AssertionError("unreachable: tenacity reraises the last error")
 
@@ -229,20 +225,36 @@ class TokenSource:
         try:
             token = await self.fetcher.fetch()
             outcome = "success"
-            self._unavailable_in_a_row = 0
+            self._unavailable_in_a_row, self._last_request_failed = 0, None
             return token
-        except TokenRejected:
+        except TokenRejected as exc:
             outcome = "rejected"
+            self._last_request_failed = exc.description
             raise
-        except TokenUnavailable:
+        except TokenUnavailable as exc:
             self._unavailable_in_a_row += 1
+            self._last_request_failed = exc.description
             raise
         except Exception as exc:  # an answer or a bug nobody foresaw: retried like a 503
+            error = _unexpected(exc)
             self._unavailable_in_a_row += 1
-            raise _unexpected(exc) from None
+            self._last_request_failed = error.description
+            raise error from None
         finally:
             if self.on_attempt is not None:
                 self.on_attempt(outcome, self.clock() - started)
+
+    def _cap_reached_description(self) -> str:
+        used_up = (
+            "the proxy's cap on token requests per minute (--token-requests-per-minute) is used up"
+        )
+        if self._last_request_failed is not None:
+            return f"{used_up} by failed token requests; the last one: {self._last_request_failed}"
+        return (
+            f"{used_up} by token renewals: the API may be answering 401 to every new token"
+            " (check that AGENTSYNC_ENVIRONMENT and the credentials match --api-base-url), or"
+            " tokens live only seconds"
+        )
 
     def _wait(self, state: RetryCallState) -> float:
         return self._pause(state.outcome.exception() if state.outcome else None)

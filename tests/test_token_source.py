@@ -170,6 +170,18 @@ async def test_the_per_minute_cap_holds_whatever_the_demand() -> None:
         await tokens.renew(token)
     assert len(fetcher.calls) == 3
     assert refused.value.retry_after == pytest.approx(60.0)
+    assert "401" in refused.value.description  # renewals used it up: the API refuses tokens
+
+
+async def test_a_cap_used_up_by_failed_token_requests_names_their_failure() -> None:
+    clock = Clock()
+    fetcher = ScriptedFetcher(clock, TokenUnavailable("the token endpoint answered 503"))
+    tokens = source(fetcher, clock, sleep=clock.sleep, requests_per_minute=3)
+    with pytest.raises(CapReached) as refused:
+        await tokens.token()
+    assert len(fetcher.calls) == 3
+    assert "the token endpoint answered 503" in refused.value.description
+    assert "401" not in refused.value.description
 
 
 def test_request_cap_frees_a_slot_after_the_window() -> None:
