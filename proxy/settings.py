@@ -324,7 +324,7 @@ OPTIONS: tuple[Option, ...] = (
         "default_token_lifetime",
         "AGENTSYNC_PROXY_DEFAULT_TOKEN_LIFETIME",
         _seconds,
-        "token lifetime assumed when expires_in is missing",
+        "token lifetime assumed when expires_in is missing or malformed",
         metavar="SECONDS",
     ),
     Option(

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from urllib.parse import quote
 
@@ -16,10 +18,12 @@ import structlog
 
 from proxy.credentials import ClientSecret, Secret
 from proxy.errors import TokenRejected, TokenUnavailable
-from proxy.numbers import whole_number
 
 log = structlog.get_logger("proxy.tokens")
 RETRY_AFTER_CAP = 120.0
+# Numbers from the token endpoint are ASCII digits only: str.isdigit() also accepts "²", which
+# float() refuses, and "٣", which float() reads as 3.
+_ASCII_DIGITS = re.compile(r"[0-9]+")
 
 
 @dataclass(frozen=True, eq=False)
@@ -41,17 +45,21 @@ class Token:
 
 
 def retry_after_seconds(header: str | None, now: float | None = None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP-date), capped."""
-    if not header:
+    """Seconds from a Retry-After header (delta-seconds or HTTP-date), capped at
+    RETRY_AFTER_CAP; None for anything else, so that the proxy's own backoff applies."""
+    text = (header or "").strip()
+    if not text or not text.isascii():
         return None
-    header = header.strip()
-    if header.isascii() and header.isdigit():  # isdigit() alone also says yes to '²'
-        return min(float(header), RETRY_AFTER_CAP)
+    if _ASCII_DIGITS.fullmatch(text):
+        return min(float(text), RETRY_AFTER_CAP)
     try:
-        when = parsedate_to_datetime(header).timestamp()
-    except (TypeError, ValueError, IndexError):
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return min(max(0.0, when - (time.time() if now is None else now)), RETRY_AFTER_CAP)
+    if when.tzinfo is None:  # "-0000": an HTTP-date is GMT anyway
+        when = when.replace(tzinfo=UTC)
+    seconds = when.timestamp() - (time.time() if now is None else now)
+    return min(max(0.0, seconds), RETRY_AFTER_CAP)
 
 
 @dataclass
@@ -137,7 +145,9 @@ class TokenEndpoint:
         if lifetime is None:
             lifetime = self.default_lifetime
             log.warning(
-                "token_expires_in_missing",
+                "token_expires_in_missing"
+                if "expires_in" not in payload
+                else "token_expires_in_invalid",
                 expires_in_assumed=lifetime,
                 hint="set --default-token-lifetime if AgentSync's tokens live shorter",
             )
@@ -178,16 +188,16 @@ class TokenEndpoint:
 def _json_object(body: bytes) -> dict[str, object] | None:
     try:
         payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply
         return None
     return payload if isinstance(payload, dict) else None
 
 
 def _lifetime(value: object) -> float | None:
-    if isinstance(value, bool):
+    """expires_in in seconds: a JSON number or a string of ASCII digits, more than 0 and less
+    than ten years; None for anything else."""
+    if isinstance(value, str) and _ASCII_DIGITS.fullmatch(value.strip()):
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    if isinstance(value, str):
-        value = whole_number(value.strip())
-    if isinstance(value, int | float) and 0 < value < 10 * 365 * 86400:
-        return float(value)
-    return None
+    return float(value) if 0 < value < 10 * 365 * 86400 else None

@@ -9,12 +9,18 @@ import copy
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+)
 
 from proxy.errors import TokenError, TokenRejected, TokenUnavailable
 from proxy.token_endpoint import Token
@@ -60,7 +66,8 @@ class _Failure:
 
 def backoff(attempt: int, initial: float, ceiling: float) -> float:
     """Exponential backoff with equal jitter: half fixed, half random."""
-    base = min(ceiling, initial * 2.0 ** (attempt - 1))
+    # The exponent stops at 64: 2.0 ** 1024 overflows, and an outage can last that many attempts.
+    base = min(ceiling, initial * 2.0 ** min(attempt - 1, 64))
     jitter: float = random.uniform(0, base / 2)  # noqa: S311 - jitter, not security
     return base / 2 + jitter
 
@@ -78,6 +85,7 @@ class TokenSource:
         backoff_ceiling: float = 30.0,
         rejection_ttl: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_attempt: Callable[[str, float], None] | None = None,
     ) -> None:
         self.fetcher = fetcher
@@ -89,9 +97,12 @@ class TokenSource:
         self.backoff_ceiling = backoff_ceiling
         self.rejection_ttl = rejection_ttl
         self.clock = clock
+        self.sleep = sleep  # with the clock, lets tests run the refresher in virtual time
         self.cap = RequestCap(requests_per_minute, clock=clock)
         self.current: Token | None = None
         self._failure: _Failure | None = None
+        self._unavailable_in_a_row = 0  # failed token requests since the last success
+        self._last_request_failed: str | None = None  # why, unless the last request succeeded
         self._inflight: asyncio.Task[Token] | None = None
 
     @property
@@ -116,7 +127,7 @@ class TokenSource:
                 self._start_refresh()
             return token
         if self._failure is not None and self._failing(now):
-            raise _fresh(self._failure.error)
+            raise _fresh(self._failure.error, retry_after=self._failure.until - now)
         return await self._await_refresh()
 
     async def renew(self, rejected: Token) -> Token:
@@ -140,7 +151,7 @@ class TokenSource:
                 with contextlib.suppress(TokenError):
                     await asyncio.shield(self._start_refresh())
                 continue
-            await asyncio.sleep(delay)
+            await self.sleep(delay)
 
     def _failing(self, now: float) -> bool:
         return self._failure is not None and now < self._failure.until
@@ -174,33 +185,37 @@ class TokenSource:
             self._failure = _Failure(exc, self.clock() + self.rejection_ttl)
             log.error("token_request_rejected", error=exc.description)
             raise
-        except TokenUnavailable as exc:
-            self._failure = _Failure(exc, self.clock() + max(1.0, exc.retry_after or 0.0))
-            log.error("token_unavailable", error=exc.description, retry_after=exc.retry_after)
-            raise
+        except Exception as exc:  # whatever went wrong, the failure is remembered and reported
+            error = exc if isinstance(exc, TokenUnavailable) else _unexpected(exc)
+            pause = self._pause(error)
+            self._failure = _Failure(error, self.clock() + pause)
+            log.error("token_unavailable", error=error.description, retry_after=round(pause, 3))
+            # Clients are told to come back when the next token request is due.
+            raise _fresh(error, retry_after=pause) from None
         self.current = token
         self._failure = None
         log.info("token_obtained", expires_in=round(token.lifetime), scope=token.scope)
         return token
 
     async def _fetch_with_retries(self) -> Token:
+        # The first failure of a token request gets a few quick retries. Once they have failed
+        # too, each later round is one request, and the pause before it keeps growing until a
+        # request succeeds (see _pause). A round also ends rather than make the requests waiting
+        # for it wait past --token-timeout (a long Retry-After): they get the 503 at once.
+        attempts = self.max_attempts if self._unavailable_in_a_row == 0 else 1
         retrying = AsyncRetrying(
             retry=retry_if_exception(_is_transient),
-            stop=stop_after_attempt(self.max_attempts),
+            stop=stop_after_attempt(attempts) | stop_before_delay(self.wait_timeout),
             wait=self._wait,
             before_sleep=_log_retry,
+            sleep=self.sleep,
             reraise=True,
         )
         async for attempt in retrying:
             with attempt:
                 wait = self.cap.try_acquire()
                 if wait:
-                    raise CapReached(
-                        "the proxy's cap on token requests per minute is used up"
-                        " (--token-requests-per-minute); the upstream may be rejecting every"
-                        " token",
-                        retry_after=wait,
-                    )
+                    raise CapReached(self._cap_reached_description(), retry_after=wait)
                 return await self._attempt()
         raise AssertionError("unreachable: tenacity reraises the last error")
 
@@ -210,21 +225,59 @@ class TokenSource:
         try:
             token = await self.fetcher.fetch()
             outcome = "success"
+            self._unavailable_in_a_row, self._last_request_failed = 0, None
             return token
-        except TokenRejected:
+        except TokenRejected as exc:
             outcome = "rejected"
+            self._last_request_failed = exc.description
             raise
+        except TokenUnavailable as exc:
+            self._unavailable_in_a_row += 1
+            self._last_request_failed = exc.description
+            raise
+        except Exception as exc:  # an answer or a bug nobody foresaw: retried like a 503
+            error = _unexpected(exc)
+            self._unavailable_in_a_row += 1
+            self._last_request_failed = error.description
+            raise error from None
         finally:
             if self.on_attempt is not None:
                 self.on_attempt(outcome, self.clock() - started)
 
+    def _cap_reached_description(self) -> str:
+        used_up = (
+            "the proxy's cap on token requests per minute (--token-requests-per-minute) is used up"
+        )
+        if self._last_request_failed is not None:
+            return f"{used_up} by failed token requests; the last one: {self._last_request_failed}"
+        return (
+            f"{used_up} by token renewals: the API may be answering 401 to every new token"
+            " (check that AGENTSYNC_ENVIRONMENT and the credentials match --api-base-url), or"
+            " tokens live only seconds"
+        )
+
     def _wait(self, state: RetryCallState) -> float:
-        delay = backoff(state.attempt_number, self.backoff_initial, self.backoff_ceiling)
-        error = state.outcome.exception() if state.outcome else None
+        return self._pause(state.outcome.exception() if state.outcome else None)
+
+    def _pause(self, error: BaseException | None) -> float:
+        """The pause before the next token request: the backoff for the requests failed so far
+        in this outage, or longer when the token endpoint asked for it (Retry-After)."""
+        failed = max(1, self._unavailable_in_a_row)
+        delay = backoff(failed, self.backoff_initial, self.backoff_ceiling)
         retry_after = error.retry_after if isinstance(error, TokenUnavailable) else None
         if retry_after is not None and retry_after > delay:
             return min(retry_after, self.backoff_ceiling * 4)
         return delay
+
+
+def _unexpected(error: Exception) -> TokenUnavailable:
+    """An unforeseen error of a token request as an unavailability, so that it cannot end the
+    background refresher. Its traceback goes to the log; clients get its type only."""
+    log.error("token_request_failed", exc_info=error)
+    return TokenUnavailable(
+        f"the token request failed unexpectedly ({type(error).__name__}); the proxy retries with"
+        " backoff; its log has the details (token_request_failed)"
+    )
 
 
 def _is_transient(error: BaseException) -> bool:
@@ -241,13 +294,15 @@ def _log_retry(state: RetryCallState) -> None:
     )
 
 
-def _fresh(error: BaseException) -> BaseException:
+def _fresh(error: BaseException, retry_after: float | None = None) -> BaseException:
     """A copy of a remembered error, to raise without its traceback: raising the stored object
     again would append every caller's frames to it and keep their requests in memory."""
     if not isinstance(error, TokenError):
         return error
     fresh = copy.copy(error)
     fresh.__traceback__ = None
+    if retry_after is not None and isinstance(fresh, TokenUnavailable):
+        fresh.retry_after = retry_after
     return fresh
 
 

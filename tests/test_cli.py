@@ -8,11 +8,13 @@ import json
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from proxy import __version__
 from proxy.servers import RunningSimulator
@@ -66,6 +68,31 @@ async def test_check_waits_for_a_token_no_longer_than_the_token_timeout(
         " within --token-timeout; check AGENTSYNC_TOKEN_URL and the network"
     )
     assert len(upstream.received) == 1  # given up on, not retried for the default 30 s
+
+
+async def test_check_with_the_token_endpoint_failing_exits_1_with_one_line(
+    aiohttp_server: Callable[[web.Application], Awaitable[TestServer]],
+) -> None:
+    async def unavailable(request: web.Request) -> web.Response:
+        return web.json_response({"error": "x"}, status=503, headers={"Retry-After": "²"})
+
+    app = web.Application()
+    app.router.add_post("/oauth2/token", unavailable)
+    server = await aiohttp_server(app)
+    env = {
+        "AGENTSYNC_CLIENT_ID": "client",
+        "AGENTSYNC_CLIENT_SECRET": "client-secret-value",
+        "AGENTSYNC_TOKEN_URL": str(server.make_url("/oauth2/token")),
+        "AGENTSYNC_API_BASE_URL": "http://127.0.0.1:9",
+    }
+    result = await run_cli("check", env=env)
+    assert result.status == 1
+    assert "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("agentsync-proxy: token_unavailable: the token endpoint answered 503")
+    )
 
 
 async def test_check_with_bad_configuration_exits_2_listing_every_problem() -> None:

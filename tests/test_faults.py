@@ -4,6 +4,7 @@ client receives, what the log says, and that nothing is leaked afterwards."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -64,6 +65,11 @@ async def status_500(request: web.Request) -> web.StreamResponse:
     return web.json_response({"error": "server_error"}, status=500)
 
 
+async def status_503_with_odd_retry_after(request: web.Request) -> web.StreamResponse:
+    # "²".isdigit() is True, yet it is no number of seconds
+    return web.json_response({"error": "unavailable"}, status=503, headers={"Retry-After": "²"})
+
+
 async def not_json(request: web.Request) -> web.StreamResponse:
     return web.Response(text="<html>maintenance</html>", content_type="text/html")
 
@@ -75,8 +81,10 @@ async def no_access_token(request: web.Request) -> web.StreamResponse:
 @pytest.mark.parametrize(
     ("behaviour", "logged"),
     [
-        (hang, "token endpoint has not answered within --token-timeout"),
+        # The request's wait and the token request time out together: either may say so first.
+        (hang, r"has not answered within --token-timeout|could not be reached \(timed out\)"),
         (status_500, "answered 500"),
+        (status_503_with_odd_retry_after, "answered 503"),
         (not_json, "not JSON"),
         (no_access_token, "without an access_token"),
     ],
@@ -96,7 +104,71 @@ async def test_token_endpoint_fault_gives_503_token_unavailable(
     assert int(retry_after) >= 1
     assert upstream.received == []
     messages = " ".join(str(entry) for entry in logs)
-    assert logged in messages or logged in body["error_description"]
+    assert re.search(logged, messages) or re.search(logged, body["error_description"])
+
+
+def answering(status: int, body: bytes, **headers: str) -> Behaviour:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            status=status, body=body, headers=headers, content_type="application/json"
+        )
+
+    return answer
+
+
+TOKEN = b'{"access_token": "garbage-token", "token_type": "Bearer", '
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "status"),
+    [
+        pytest.param(status_503_with_odd_retry_after, 503, id="503-retry-after-superscript"),
+        pytest.param(
+            answering(503, b"{}", **{"Retry-After": "-1"}), 503, id="503-retry-after-negative"
+        ),
+        pytest.param(
+            answering(429, b"{}", **{"Retry-After": "Thu, 99 Foo 2025 99:99:99 GMT"}),
+            503,
+            id="429-retry-after-bad-date",
+        ),
+        pytest.param(not_json, 503, id="200-html"),
+        pytest.param(answering(200, b'[{"access_token": "in-an-array"}]'), 503, id="200-array"),
+        pytest.param(answering(200, b"[" * 100_000), 503, id="200-nested-too-deep"),
+        pytest.param(
+            answering(200, b'{"access_token": 123, "token_type": "Bearer"}'),
+            503,
+            id="200-access-token-number",
+        ),
+        pytest.param(answering(200, TOKEN + b'"expires_in": "abc"}'), 200, id="200-expires-in-abc"),
+        pytest.param(
+            answering(200, TOKEN + b'"expires_in": "\\u00b2"}'),
+            200,
+            id="200-expires-in-superscript",
+        ),
+    ],
+)
+async def test_the_background_refresher_keeps_going_whatever_the_token_endpoint_answers(
+    make_proxy: ProxyFactory, aiohttp_server: ServerFactory, behaviour: Behaviour, status: int
+) -> None:
+    requests, seventh = 0, asyncio.Event()
+
+    async def counted(request: web.Request) -> web.StreamResponse:
+        nonlocal requests
+        requests += 1
+        if requests == 7:
+            seventh.set()
+        return await behaviour(request)
+
+    server = await aiohttp_server(token_app(counted))
+    proxy = await make_proxy(
+        token_url=str(server.make_url("/oauth2/token")), default_token_lifetime=0.2
+    )
+    async with asyncio.timeout(10):  # no client asked: the refresher made every request
+        await seventh.wait()
+    got, body, _ = await get(proxy)
+    assert got == status
+    if status == 503:
+        assert body["error"] == "token_unavailable"
 
 
 async def test_token_endpoint_429_with_retry_after_is_waited_out(

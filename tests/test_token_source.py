@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import weakref
+from typing import Any
 
 import pytest
+import structlog
 
 from proxy.credentials import Secret
 from proxy.errors import TokenRejected, TokenUnavailable
 from proxy.token_endpoint import Token
-from proxy.tokens import CapReached, RequestCap, TokenSource
+from proxy.tokens import CapReached, RequestCap, TokenSource, backoff
 
 
 class Clock:
@@ -21,6 +24,11 @@ class Clock:
     def __call__(self) -> float:
         return self.now
 
+    async def sleep(self, seconds: float) -> None:
+        """Virtual time: a pause passes at once."""
+        self.now += seconds
+        await asyncio.sleep(0)
+
 
 class ScriptedFetcher:
     """Answers token requests from a script of lifetimes (a Token) or errors to raise."""
@@ -28,11 +36,13 @@ class ScriptedFetcher:
     def __init__(self, clock: Clock, *script: float | Exception) -> None:
         self.clock = clock
         self.script = list(script)
-        self.calls: list[float] = []
+        self.calls: list[float] = []  # the event loop's time of each request
+        self.at: list[float] = []  # the injected clock's
         self.gate: asyncio.Event | None = None
 
     async def fetch(self) -> Token:
         self.calls.append(asyncio.get_running_loop().time())
+        self.at.append(self.clock())
         if self.gate is not None:
             await self.gate.wait()
         step = self.script.pop(0) if len(self.script) > 1 else self.script[0]
@@ -42,9 +52,9 @@ class ScriptedFetcher:
         return Token(Secret(f"t{len(self.calls)}"), now + step, step, None, now + step)
 
 
-def source(fetcher: ScriptedFetcher, clock: Clock, **options: float) -> TokenSource:
-    defaults: dict[str, float] = {"backoff_initial": 0.001, "refresh_margin": 300.0}
-    return TokenSource(fetcher, clock=clock, **{**defaults, **options})  # type: ignore[arg-type]
+def source(fetcher: ScriptedFetcher, clock: Clock, **options: Any) -> TokenSource:
+    defaults: dict[str, Any] = {"backoff_initial": 0.001, "refresh_margin": 300.0}
+    return TokenSource(fetcher, clock=clock, **{**defaults, **options})
 
 
 async def test_token_is_reused_until_the_refresh_margin() -> None:
@@ -160,6 +170,18 @@ async def test_the_per_minute_cap_holds_whatever_the_demand() -> None:
         await tokens.renew(token)
     assert len(fetcher.calls) == 3
     assert refused.value.retry_after == pytest.approx(60.0)
+    assert "401" in refused.value.description  # renewals used it up: the API refuses tokens
+
+
+async def test_a_cap_used_up_by_failed_token_requests_names_their_failure() -> None:
+    clock = Clock()
+    fetcher = ScriptedFetcher(clock, TokenUnavailable("the token endpoint answered 503"))
+    tokens = source(fetcher, clock, sleep=clock.sleep, requests_per_minute=3)
+    with pytest.raises(CapReached) as refused:
+        await tokens.token()
+    assert len(fetcher.calls) == 3
+    assert "the token endpoint answered 503" in refused.value.description
+    assert "401" not in refused.value.description
 
 
 def test_request_cap_frees_a_slot_after_the_window() -> None:
@@ -219,3 +241,113 @@ async def test_callers_waiting_on_a_failing_fetch_are_not_kept_alive() -> None:
     assert [ref() for ref in refs] == [None, None, None]
     assert errors == [("TokenUnavailable", "down", 30.0)] * 3
     assert len(fetcher.calls) == 1
+
+
+async def test_an_unexpected_error_of_a_token_request_is_an_unavailability() -> None:
+    clock = Clock()
+    fetcher = ScriptedFetcher(clock, RuntimeError("bug"))
+    tokens = source(fetcher, clock, max_attempts=2)
+    with structlog.testing.capture_logs() as logs, pytest.raises(TokenUnavailable) as unavailable:
+        await tokens.token()
+    assert "RuntimeError" in unavailable.value.description
+    assert isinstance(tokens.last_error, TokenUnavailable)
+    assert len(fetcher.calls) == 2  # retried like any other unavailability
+    failures = [entry for entry in logs if entry["event"] == "token_request_failed"]
+    assert len(failures) == 2 and all(entry["exc_info"] for entry in failures)
+
+
+async def test_the_refresher_outlives_unexpected_errors_of_token_requests() -> None:
+    clock = Clock()
+    fetcher = ScriptedFetcher(clock, RuntimeError("bug"), RuntimeError("bug"), 3600.0)
+    tokens = source(fetcher, clock, max_attempts=1, sleep=clock.sleep)
+    refresher = asyncio.create_task(tokens.run())
+    try:
+        async with asyncio.timeout(5):
+            while tokens.current is None and not refresher.done():
+                await asyncio.sleep(0)
+        assert not refresher.done()
+        assert tokens.current is not None and len(fetcher.calls) == 3
+    finally:
+        refresher.cancel()
+
+
+async def run_for(tokens: TokenSource, clock: Clock, seconds: float) -> None:
+    """Run the background refresher for `seconds` of virtual time."""
+    refresher = asyncio.create_task(tokens.run())
+    end = clock.now + seconds
+    try:
+        async with asyncio.timeout(10):
+            while clock.now < end:
+                assert not refresher.done()
+                await asyncio.sleep(0)
+    finally:
+        refresher.cancel()
+
+
+def pauses(times: list[float]) -> list[float]:
+    return [later - earlier for earlier, later in itertools.pairwise(times)]
+
+
+async def test_backoff_keeps_growing_through_an_outage_up_to_its_ceiling() -> None:
+    clock = Clock()
+    fetcher = ScriptedFetcher(clock, TokenUnavailable("503"))
+    tokens = source(
+        fetcher,
+        clock,
+        sleep=clock.sleep,
+        backoff_initial=0.25,
+        backoff_ceiling=30.0,
+        max_attempts=5,
+    )
+    await run_for(tokens, clock, 600)
+    for number, gap in enumerate(pauses(fetcher.at)):
+        step = min(30.0, 0.25 * 2**number)  # 0.25, 0.5, 1, 2, 4, 8, 16, then 30 s on
+        assert step / 2 <= gap <= step, f"pause {number}"  # equal jitter
+    assert len(fetcher.at) <= 8 + (600 - 31.75) / 15
+    assert not isinstance(tokens.last_error, CapReached)  # the cap was never needed
+
+
+async def test_backoff_starts_again_from_its_first_step_after_a_success() -> None:
+    clock = Clock()
+    down = TokenUnavailable("503")
+    fetcher = ScriptedFetcher(clock, *[down] * 12, 600.0, down, 3600.0)
+    tokens = source(
+        fetcher,
+        clock,
+        sleep=clock.sleep,
+        backoff_initial=0.25,
+        backoff_ceiling=30.0,
+        max_attempts=5,
+    )
+    await run_for(tokens, clock, 1000)
+    assert len(fetcher.at) == 15
+    assert pauses(fetcher.at)[11] >= 15.0  # the outage had reached the ceiling
+    assert pauses(fetcher.at)[13] <= 0.25  # a new outage starts with the first step
+
+
+async def test_a_remembered_unavailability_tells_clients_when_the_next_attempt_is() -> None:
+    clock = Clock()
+    fetcher = ScriptedFetcher(clock, TokenUnavailable("503", retry_after=20.0))
+    tokens = source(fetcher, clock, max_attempts=1)
+    with pytest.raises(TokenUnavailable) as first:
+        await tokens.token()
+    assert first.value.retry_after == 20.0
+    clock.now += 15.0
+    with pytest.raises(TokenUnavailable) as remembered:
+        await tokens.token()
+    assert remembered.value.retry_after == pytest.approx(5.0)
+    assert len(fetcher.calls) == 1
+
+
+async def test_a_retry_after_longer_than_a_request_waits_ends_the_attempts_at_once() -> None:
+    clock = Clock()
+    fetcher = ScriptedFetcher(clock, TokenUnavailable("429", retry_after=60.0))
+    tokens = source(fetcher, clock, sleep=clock.sleep, wait_timeout=30.0)
+    with pytest.raises(TokenUnavailable) as unavailable:
+        await tokens.token()
+    assert unavailable.value.retry_after == 60.0
+    assert len(fetcher.calls) == 1
+
+
+def test_backoff_stays_at_its_ceiling_however_long_the_outage() -> None:
+    assert 15.0 <= backoff(5000, 0.25, 30.0) <= 30.0

@@ -197,15 +197,35 @@ async def test_upstream_rejecting_every_token_stays_within_the_token_cap(
 ) -> None:
     upstream.responder = reply(401, b'{"error": "invalid_token"}')
     proxy = await make_proxy(token_requests_per_minute=5)
-    statuses = []
+    statuses, descriptions = [], set()
     async with aiohttp.ClientSession() as session:
         for _ in range(30):
             async with session.get(f"{proxy.url}/v1/x") as response:
                 statuses.append(response.status)
+                if response.status == 503:
+                    descriptions.add((await response.json())["error_description"])
                 await response.read()
     assert agentsync_simulator.state.token_requests <= 5
     assert set(statuses) <= {401, 503}
-    assert 503 in statuses
+    [description] = descriptions
+    assert "--token-requests-per-minute" in description and "401" in description
+
+
+async def test_token_endpoint_outage_stays_within_the_token_cap_and_says_so(
+    agentsync_simulator: RunningSimulator, make_proxy: ProxyFactory, upstream: RawUpstream
+) -> None:
+    await post_json(f"{agentsync_simulator.url}/_simulator/faults", {"status": 503, "count": 99})
+    proxy = await make_proxy(token_requests_per_minute=3)
+    async with aiohttp.ClientSession() as session:
+        for _ in range(10):
+            async with session.get(f"{proxy.url}/v1/x") as response:
+                assert response.status == 503
+                body = await response.json()
+    assert agentsync_simulator.state.token_requests == 3
+    assert "--token-requests-per-minute" in body["error_description"]
+    assert "answered 503" in body["error_description"]
+    assert "401" not in body["error_description"]
+    assert upstream.received == []
 
 
 async def test_token_requests_use_http_basic_when_configured(

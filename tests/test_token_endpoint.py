@@ -1,0 +1,161 @@
+"""How the token endpoint's answers are read: Retry-After and expires_in, odd values included."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+import aiohttp
+import pytest
+import structlog
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from proxy.credentials import ClientSecret, Secret
+from proxy.errors import TokenUnavailable
+from proxy.token_endpoint import RETRY_AFTER_CAP, TokenEndpoint, retry_after_seconds
+
+ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
+NOW = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC).timestamp()
+
+
+def http_date(seconds_from_now: float) -> str:
+    return format_datetime(datetime.fromtimestamp(NOW + seconds_from_now, UTC), usegmt=True)
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("7", 7.0),
+        (" 7 ", 7.0),
+        ("0", 0.0),
+        (http_date(42), 42.0),
+        ("Tue, 04 Mar 2025 05:06:49 -0000", 42.0),  # a date without a zone is read as GMT
+        (http_date(-42), 0.0),  # a date in the past: no need to wait
+        ("100000000", RETRY_AFTER_CAP),
+        ("9" * 5000, RETRY_AFTER_CAP),
+        (http_date(86400 * 365), RETRY_AFTER_CAP),
+    ],
+)
+def test_retry_after_is_read_as_seconds_or_an_http_date_and_capped(
+    header: str, seconds: float
+) -> None:
+    assert retry_after_seconds(header, now=NOW) == seconds
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "\u00b2",  # superscript two: str.isdigit() says yes
+        "\u0663",  # Arabic-Indic three
+        "\uff17",  # fullwidth seven
+        "-5",
+        "+5",
+        "1.5",
+        "1e3",
+        "soon",
+        "Tue, 99 Foo 2025",
+        "Mon, 1 Jan 99999",
+    ],
+)
+def test_retry_after_that_is_not_ascii_seconds_or_a_date_is_ignored(header: str | None) -> None:
+    assert retry_after_seconds(header, now=NOW) is None
+
+
+class TokenEndpointAnswering:
+    """A real token endpoint on loopback that answers whatever the test sets."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.headers: dict[str, str] = {}
+        self.body: bytes = b""
+        self.app = web.Application()
+        self.app.router.add_post("/oauth2/token", self.token)
+
+    async def token(self, request: web.Request) -> web.Response:
+        await request.post()
+        return web.Response(
+            status=self.status,
+            body=self.body,
+            headers=self.headers,
+            content_type="application/json",
+        )
+
+
+@pytest.fixture
+async def answering(
+    aiohttp_server: ServerFactory,
+) -> AsyncIterator[tuple[TokenEndpointAnswering, TokenEndpoint]]:
+    answers = TokenEndpointAnswering()
+    server = await aiohttp_server(answers.app)
+    async with aiohttp.ClientSession() as session:
+        yield (
+            answers,
+            TokenEndpoint(
+                session=session,
+                url=str(server.make_url("/oauth2/token")),
+                client_id="client",
+                client_secret=ClientSecret(Secret("client-secret-value")),
+                environment="sandbox",
+                default_lifetime=1234.0,
+            ),
+        )
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["\u00b2", "-5", "soon", "99999999999999999999999999", "Tue, 04 Mar 2025 05:06:49 GMT"],
+)
+async def test_an_odd_retry_after_on_a_503_is_still_a_503(
+    answering: tuple[TokenEndpointAnswering, TokenEndpoint], header: str
+) -> None:
+    answers, endpoint = answering
+    answers.status, answers.headers = 503, {"Retry-After": header}
+    with pytest.raises(TokenUnavailable) as unavailable:
+        await endpoint.fetch()
+    retry_after = unavailable.value.retry_after
+    assert retry_after is None or 0 <= retry_after <= RETRY_AFTER_CAP
+
+
+@pytest.mark.parametrize(
+    "expires_in",
+    [
+        '"abc"',
+        '"\u00b2"',
+        '"\u0663\u0666\u0660\u0660"',
+        '"-5"',
+        "-5",
+        "0",
+        "1e30",
+        "NaN",
+        "true",
+        "[1]",
+    ],
+)
+async def test_a_malformed_expires_in_falls_back_to_the_default_lifetime_with_a_warning(
+    answering: tuple[TokenEndpointAnswering, TokenEndpoint], expires_in: str
+) -> None:
+    answers, endpoint = answering
+    answers.body = b'{"access_token": "t", "token_type": "Bearer", "expires_in": %s}' % (
+        expires_in.encode()
+    )
+    with structlog.testing.capture_logs() as logs:
+        token = await endpoint.fetch()
+    assert token.lifetime == 1234.0
+    [warning] = [entry for entry in logs if entry["log_level"] == "warning"]
+    assert warning["event"] == "token_expires_in_invalid"
+    assert warning["expires_in_assumed"] == 1234.0
+
+
+@pytest.mark.parametrize(("expires_in", "lifetime"), [("3600", 3600.0), ('"3600"', 3600.0)])
+async def test_expires_in_as_a_number_or_a_string_of_digits_is_the_lifetime(
+    answering: tuple[TokenEndpointAnswering, TokenEndpoint], expires_in: str, lifetime: float
+) -> None:
+    answers, endpoint = answering
+    answers.body = b'{"access_token": "t", "token_type": "Bearer", "expires_in": %s}' % (
+        expires_in.encode()
+    )
+    assert (await endpoint.fetch()).lifetime == lifetime
