@@ -105,6 +105,7 @@ class UpstreamClient:
         while self._idle:
             connection = self._idle.pop()
             if connection.usable and self.loop.time() - connection.idle_since < KEEPALIVE:
+                connection.reused = True
                 return connection
             connection.close()
         return None

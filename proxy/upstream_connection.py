@@ -150,6 +150,7 @@ class Connection(asyncio.Protocol):
         self._head_only = self._received = self._reusable = self._until_eof = False
         self._informational = self._reading_paused = self._writing_paused = False
         self._awaiting_body = False
+        self.reused = False  # taken from the pool for a second or later exchange
         self._reason = b""
         self._headers: list[tuple[str, str]] = []
         self._last_progress = 0.0
@@ -182,6 +183,8 @@ class Connection(asyncio.Protocol):
                 await self._send_body(body, answer)
             return await answer
         except BaseException:
+            if answer.done() and not answer.cancelled():
+                answer.exception()  # seen: the exchange failed on its other side first
             answer.cancel()  # nobody waits for it any more
             self.abort()
             raise
@@ -191,22 +194,33 @@ class Connection(asyncio.Protocol):
     ) -> None:
         """Write the body while it arrives, until it ends or the upstream answers. An answer that
         comes while the client is still sending goes back at once: the client may be waiting for
-        it. Only a 401, or a closed connection that will be retried, waits for the client's next
-        chunk, so that the body is kept whole for the second try."""
+        it. Only a 401, or a reused connection found closed (retried on a fresh one), waits for
+        the client's next chunk, so that the body is kept whole for the second try."""
         writing = self.loop.create_task(self._write_chunks(chunks, answer))
         try:
             await asyncio.wait((writing, answer), return_when=asyncio.FIRST_COMPLETED)
-            if not writing.done() and not _tried_again(answer):
+            if not writing.done() and not self._sent_again(answer):
                 self._reusable = False
-                writing.cancel()
-            await writing
-        except asyncio.CancelledError:
+                writing.cancel()  # the rest of the body would go to nobody
+            await asyncio.wait((writing,))  # a cancelled exchange is not the writing's to catch
             if not writing.cancelled():
-                raise  # the exchange itself was cancelled, not just the writing
+                writing.result()  # the client's failure, if it failed
         finally:
             if not writing.done():
                 writing.cancel()
                 await asyncio.wait((writing,))
+            if not writing.cancelled():
+                writing.exception()  # seen, whichever way this ended
+
+    def _sent_again(self, answer: asyncio.Future[Response]) -> bool:
+        """Whether the request will be sent once more, with the client's whole body: a replay
+        after a 401, or a retry on a fresh connection after this reused one was found closed."""
+        if answer.cancelled():
+            return False
+        error = answer.exception()
+        if error is None:
+            return answer.result().status == 401
+        return self.reused and isinstance(error, UpstreamClosed) and error.retryable
 
     async def _write_chunks(
         self, chunks: AsyncIterator[bytes], answer: asyncio.Future[Response]
@@ -379,17 +393,6 @@ class Connection(asyncio.Protocol):
     def abort(self) -> None:
         self._reusable = False
         self._transport.abort()
-
-
-def _tried_again(answer: asyncio.Future[Response]) -> bool:
-    """Whether the request will be sent once more: a replay after a 401, or a retry on a fresh
-    connection (which needs the client's whole body)."""
-    if answer.cancelled():
-        return False
-    error = answer.exception()
-    if error is None:
-        return answer.result().status == 401
-    return isinstance(error, UpstreamClosed) and error.retryable
 
 
 def _retryable(error: UpstreamClosed) -> UpstreamClosed:

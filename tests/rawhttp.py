@@ -135,6 +135,29 @@ class LoopbackServer:
         raise NotImplementedError
 
 
+class AnswersAtOnce(LoopbackServer):
+    """Answers each request as soon as its head is in, without waiting for its body (an empty
+    answer: closes the connection instead)."""
+
+    def __init__(self, answer: bytes) -> None:
+        super().__init__()
+        self.answer = answer
+
+    async def exchange(
+        self,
+        request_line: str,
+        headers: list[tuple[str, str]],
+        reader: asyncio.StreamReader,
+        writer: Writer,
+    ) -> bool:
+        if not self.answer:
+            return False  # closes the connection without a word
+        writer.write(self.answer)
+        await writer.drain()
+        await reader.read()  # until the proxy lets the connection go
+        return False
+
+
 class RawUpstream(LoopbackServer):
     """Records each request; `responder` decides the answer (default: 200 JSON)."""
 

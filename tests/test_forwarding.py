@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import ProxyFactory
 from tests.rawhttp import (
-    LoopbackServer,
+    AnswersAtOnce,
     RawUpstream,
     Received,
     Writer,
@@ -462,26 +462,6 @@ async def test_expect_100_continue_with_a_body_over_the_maximum_gets_413_at_once
     assert upstream.received == []
 
 
-class AnswersAtOnce(LoopbackServer):
-    """Answers each request as soon as its head is in, without waiting for its body."""
-
-    def __init__(self, answer: bytes) -> None:
-        super().__init__()
-        self.answer = answer
-
-    async def exchange(
-        self,
-        request_line: str,
-        headers: list[tuple[str, str]],
-        reader: asyncio.StreamReader,
-        writer: Writer,
-    ) -> bool:
-        writer.write(self.answer)
-        await writer.drain()
-        await reader.read()  # until the proxy lets the connection go
-        return False
-
-
 @pytest.mark.parametrize("status", [200, 413])
 async def test_an_answer_before_the_body_ends_reaches_a_client_that_waits_for_it(
     make_proxy: ProxyFactory, status: int
@@ -504,3 +484,26 @@ async def test_an_answer_before_the_body_ends_reaches_a_client_that_waits_for_it
         assert body == b'{"early": true}'
     finally:
         await early.close()
+
+
+async def test_an_upstream_that_closes_before_the_body_ends_is_502_for_a_client_that_waits(
+    make_proxy: ProxyFactory,
+) -> None:
+    closing = AnswersAtOnce(b"")  # closes the connection as soon as the head is in
+    await closing.start()
+    try:
+        proxy = await make_proxy(api_base_url=closing.url, spool_threshold=64 * 1024)
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        head = http("/v1/upload", "Content-Length: 1000000", method="PUT")
+        writer.write(head + b"z" * 100_000)  # then the client waits, holding the rest
+        await writer.drain()
+        try:
+            async with asyncio.timeout(5):
+                status_line, headers = await read_head(reader)
+                body = await read_body(reader, headers)
+        finally:
+            writer.close()
+        assert status_line.startswith("HTTP/1.1 502")
+        assert b'"upstream_unreachable"' in body
+    finally:
+        await closing.close()

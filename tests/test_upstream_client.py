@@ -21,7 +21,15 @@ from proxy.upstream_client import (
     UpstreamClient,
     UpstreamClosed,
 )
-from tests.rawhttp import RawUpstream, Received, Responder, Writer, reply, response_bytes
+from tests.rawhttp import (
+    AnswersAtOnce,
+    RawUpstream,
+    Received,
+    Responder,
+    Writer,
+    reply,
+    response_bytes,
+)
 
 # Every test runs on asyncio's loop and on uvloop's, the production one (see conftest.py).
 pytestmark = pytest.mark.uvloop_too
@@ -357,3 +365,30 @@ async def test_egress_proxy_refusing_the_tunnel_is_upstream_closed(upstream: Raw
     await client.close()
     assert [(r.method, r.target) for r in upstream.received] == [("CONNECT", "api.example:443")]
     assert upstream.received[0].header("Host") == "api.example:443"
+
+
+async def test_cancelling_a_request_whose_401_waits_for_the_body_cancels_it() -> None:
+    refusing = AnswersAtOnce(response_bytes(401, b"{}"))
+    await refusing.start()
+    client = make_client(refusing.url)
+    gave_part = asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield b"a" * 100_000
+        gave_part.set()
+        await asyncio.Event().wait()  # the client sends nothing more
+        yield b""
+
+    try:
+        sending = asyncio.create_task(
+            client.request("PUT", "/v1/x", [("Content-Length", "1000000")], slow_body)
+        )
+        await gave_part.wait()
+        for _ in range(20):  # the 401 is on loopback already: a few turns of the loop take it in
+            await asyncio.sleep(0)
+        sending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+    finally:
+        await client.close()
+        await refusing.close()
