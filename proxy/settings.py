@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 import ssl
 import tomllib
 from collections.abc import Callable, Mapping
@@ -186,10 +187,13 @@ def _networks(value: object) -> tuple[IPNetwork, ...]:
 
 def _masked(text: str) -> str:
     """A URL fit to show in a message: whatever stands before an @ may be a password."""
-    scheme, sep, rest = text.partition("://")
-    if not sep or "@" not in rest:
+    if "@" not in text:
         return text
-    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    scheme = _SCHEME.match(text)
+    return f"{scheme.group(0) if scheme else ''}***@{text.rpartition('@')[2]}"
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:(?://)?|//")
 
 
 def _origin(item: str) -> str:
@@ -218,10 +222,10 @@ def parse_listen(value: object) -> Listen:
     if not sep or not host:
         raise ValueError(f"{text!r} is not HOST:PORT (for example 127.0.0.1:8080)")
     port = whole_number(port_text)
-    if port is None or not 1 <= port <= 65535:
+    if port is None or port > 65535:
         raise ValueError(
-            f"{port_text!r} is not a port: give a number from 1 to 65535"
-            " (for example 127.0.0.1:8080)"
+            f"{port_text!r} is not a port: give a number from 1 to 65535, or 0 for any free"
+            " port (for example 127.0.0.1:8080)"
         )
     return Listen(host, port)
 
@@ -244,9 +248,9 @@ def _url(value: object) -> str:
             " --client-secret-file)"
         )
     if url.scheme not in ("http", "https") or not url.raw_host:
-        raise ValueError(f"{text!r} is not an http:// or https:// URL")
+        raise ValueError(f"{_masked(text)!r} is not an http:// or https:// URL")
     if url.raw_fragment:
-        raise ValueError(f"{text!r} must not have a #fragment")
+        raise ValueError(f"{_masked(text)!r} must not have a #fragment")
     return text
 
 

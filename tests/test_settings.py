@@ -137,13 +137,17 @@ def test_a_duration_from_the_file_must_be_finite_too(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("port", ["²", "0", "65536", "٨٠", "x", "-1"])
-def test_a_listen_port_that_is_not_1_to_65535_says_so(port: str) -> None:
+@pytest.mark.parametrize("port", ["²", "65536", "٨٠", "x", "-1"])
+def test_a_listen_port_that_is_not_0_to_65535_says_so(port: str) -> None:
     [problem] = problems({"listen": f"127.0.0.1:{port}"}, BASE_ENV)
     assert problem == (
-        f"--listen: {port!r} is not a port: give a number from 1 to 65535"
-        " (for example 127.0.0.1:8080)"
+        f"--listen: {port!r} is not a port: give a number from 1 to 65535, or 0 for any free"
+        " port (for example 127.0.0.1:8080)"
     )
+
+
+def test_listen_port_0_takes_any_free_port_as_test_harnesses_do() -> None:
+    assert load_settings({"listen": "127.0.0.1:0"}, BASE_ENV).listen.port == 0
 
 
 @pytest.mark.parametrize(
@@ -236,6 +240,10 @@ def test_a_ca_bundle_that_is_not_pem_certificates_is_one_line(
         "ftp://u:hunter2@api.example.com",
         "https://u:hunter2@[bad/",
         "https://u:hunter2/x@api.example.com/",
+        "//u:hunter2@api.example.com",
+        "u:hunter2@api.example.com",
+        "https:u:hunter2@api.example.com",
+        "https://u:hunter2@api.example.com/#x",
     ],
 )
 def test_a_url_with_a_user_or_password_is_refused_without_showing_it(name: str, url: str) -> None:
