@@ -87,7 +87,7 @@ def check(policy: Policy, request: web.Request) -> None:
         raise MethodNotAllowed("CONNECT is not supported: this is a reverse proxy")
     if request.raw_path == "*":
         raise BadRequest("the request target * is not supported; send a path such as /v1/...")
-    probe = request.raw_path in PROBES
+    probe = request.raw_path.partition("?")[0] in PROBES
     origin_form = request.raw_path.startswith("/")
     host = request.headers.get("Host")
     if origin_form and not probe and host is not None and not policy.host_allowed(host):

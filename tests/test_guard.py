@@ -189,7 +189,7 @@ async def test_metrics_are_refused_to_a_foreign_host_and_probes_are_not(
     metrics = await raw_request(proxy.port, request("/-/metrics", "Host: evil.example"))
     assert metrics.status == 403
     assert b'"host_not_allowed"' in metrics.body
-    for probe in ("/-/healthy", "/-/ready"):
+    for probe in ("/-/healthy", "/-/ready", "/-/healthy?verbose=1"):
         response = await raw_request(proxy.port, request(probe, "Host: 10.1.2.3:8080"))
         assert response.status != 403
 
