@@ -51,7 +51,7 @@ class Spool:
         self._blocks = 0  # whole blocks handed to the file
         self._writes: deque[tuple[asyncio.Future[None], mmap.mmap]] = deque()  # oldest first
         self._jobs: set[asyncio.Future[Any]] = set()  # in a thread, not yet ended
-        self._closed = False
+        self._abandoned = False  # closed while a thread still used it
 
     async def append(self, chunk: bytes) -> None:
         view = memoryview(chunk)
@@ -81,10 +81,14 @@ class Spool:
     async def close(self) -> None:
         """Remove the file once no thread uses it. Freeing a large file's blocks takes the file
         system a while (0.1 s a GiB on the benchmark machine): a thread does that too."""
-        self._closed = True
-        if self._jobs:
-            await asyncio.wait(set(self._jobs))  # being cancelled here leaves them to end
-        if not self._jobs and not self._file.closed:
+        try:
+            if self._jobs:
+                await asyncio.wait(set(self._jobs))
+        except asyncio.CancelledError:
+            self._abandoned = True  # the last thread to end closes the file
+            self._release()
+            raise
+        if not self._file.closed:
             await asyncio.shield(self._in_thread(self._free))
 
     async def _write_block(self) -> None:
@@ -112,7 +116,7 @@ class Spool:
         self._jobs.discard(job)
         if not job.cancelled():
             job.exception()  # seen: whoever awaits the job still gets its error
-        if self._closed and not self._jobs:
+        if self._abandoned:
             self._release()
 
     def _release(self) -> None:
