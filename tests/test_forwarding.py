@@ -462,11 +462,18 @@ async def test_expect_100_continue_with_a_body_over_the_maximum_gets_413_at_once
     assert upstream.received == []
 
 
-@pytest.mark.parametrize("status", [200, 413])
-async def test_an_answer_before_the_body_ends_reaches_a_client_that_waits_for_it(
-    make_proxy: ProxyFactory, status: int
+@pytest.mark.parametrize(
+    ("upstream_answer", "status", "body_part"),
+    [
+        (response_bytes(200, b'{"early": true}'), 200, b'{"early": true}'),
+        (response_bytes(413, b'{"early": true}'), 413, b'{"early": true}'),
+        (b"", 502, b'"upstream_unreachable"'),  # closed the connection without an answer
+    ],
+)
+async def test_what_the_upstream_does_before_the_body_ends_reaches_a_client_that_waits(
+    make_proxy: ProxyFactory, upstream_answer: bytes, status: int, body_part: bytes
 ) -> None:
-    early = AnswersAtOnce(response_bytes(status, b'{"early": true}'))
+    early = AnswersAtOnce(upstream_answer)
     await early.start()
     try:
         proxy = await make_proxy(api_base_url=early.url, spool_threshold=64 * 1024)
@@ -481,29 +488,6 @@ async def test_an_answer_before_the_body_ends_reaches_a_client_that_waits_for_it
         finally:
             writer.close()
         assert status_line.startswith(f"HTTP/1.1 {status}")
-        assert body == b'{"early": true}'
+        assert body_part in body
     finally:
         await early.close()
-
-
-async def test_an_upstream_that_closes_before_the_body_ends_is_502_for_a_client_that_waits(
-    make_proxy: ProxyFactory,
-) -> None:
-    closing = AnswersAtOnce(b"")  # closes the connection as soon as the head is in
-    await closing.start()
-    try:
-        proxy = await make_proxy(api_base_url=closing.url, spool_threshold=64 * 1024)
-        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-        head = http("/v1/upload", "Content-Length: 1000000", method="PUT")
-        writer.write(head + b"z" * 100_000)  # then the client waits, holding the rest
-        await writer.drain()
-        try:
-            async with asyncio.timeout(5):
-                status_line, headers = await read_head(reader)
-                body = await read_body(reader, headers)
-        finally:
-            writer.close()
-        assert status_line.startswith("HTTP/1.1 502")
-        assert b'"upstream_unreachable"' in body
-    finally:
-        await closing.close()

@@ -284,14 +284,9 @@ async def run_for(tokens: TokenSource, clock: Clock, seconds: float) -> None:
         refresher.cancel()
 
 
-def pauses(times: list[float]) -> list[float]:
-    return [later - earlier for earlier, later in itertools.pairwise(times)]
-
-
-async def test_backoff_keeps_growing_through_an_outage_up_to_its_ceiling() -> None:
-    clock = Clock()
-    fetcher = ScriptedFetcher(clock, TokenUnavailable("503"))
-    tokens = source(
+def through_an_outage(fetcher: ScriptedFetcher, clock: Clock) -> TokenSource:
+    """A token source with the production backoff, in virtual time."""
+    return source(
         fetcher,
         clock,
         sleep=clock.sleep,
@@ -299,6 +294,16 @@ async def test_backoff_keeps_growing_through_an_outage_up_to_its_ceiling() -> No
         backoff_ceiling=30.0,
         max_attempts=5,
     )
+
+
+def pauses(times: list[float]) -> list[float]:
+    return [later - earlier for earlier, later in itertools.pairwise(times)]
+
+
+async def test_backoff_keeps_growing_through_an_outage_up_to_its_ceiling() -> None:
+    clock = Clock()
+    fetcher = ScriptedFetcher(clock, TokenUnavailable("503"))
+    tokens = through_an_outage(fetcher, clock)
     await run_for(tokens, clock, 600)
     for number, gap in enumerate(pauses(fetcher.at)):
         step = min(30.0, 0.25 * 2**number)  # 0.25, 0.5, 1, 2, 4, 8, 16, then 30 s on
@@ -311,14 +316,7 @@ async def test_backoff_starts_again_from_its_first_step_after_a_success() -> Non
     clock = Clock()
     down = TokenUnavailable("503")
     fetcher = ScriptedFetcher(clock, *[down] * 12, 600.0, down, 3600.0)
-    tokens = source(
-        fetcher,
-        clock,
-        sleep=clock.sleep,
-        backoff_initial=0.25,
-        backoff_ceiling=30.0,
-        max_attempts=5,
-    )
+    tokens = through_an_outage(fetcher, clock)
     await run_for(tokens, clock, 1000)
     assert len(fetcher.at) == 15
     assert pauses(fetcher.at)[11] >= 15.0  # the outage had reached the ceiling
