@@ -70,6 +70,7 @@ def create_app(
             refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
+            await tokens.close()
             await upstream.close()
             await token_session.close()
 

@@ -104,3 +104,5 @@ async def _one_token(settings: Settings) -> Token | TokenError:
             return await source.token()
         except TokenError as error:
             return error
+        finally:
+            await source.close()

@@ -153,6 +153,13 @@ class TokenSource:
                 continue
             await self.sleep(delay)
 
+    async def close(self) -> None:
+        """Stop a token request still in flight: the session it uses is about to close, and it
+        would otherwise retry on it until --token-timeout."""
+        if self._inflight is not None and not self._inflight.done():
+            self._inflight.cancel()
+            await asyncio.wait((self._inflight,))
+
     def _failing(self, now: float) -> bool:
         return self._failure is not None and now < self._failure.until
 

@@ -9,6 +9,7 @@ import pytest
 import uvloop
 
 from proxy.servers import RunningProxy, RunningSimulator, running_proxy, settings_for
+from tests.leaks import open_sockets, tasks_left, temporary_files
 from tests.rawhttp import RawUpstream
 
 pytest_plugins = ["proxy.testing"]
@@ -31,6 +32,17 @@ def pytest_asyncio_loop_factories(
     if item.get_closest_marker("uvloop_too") is None:
         return {"asyncio": asyncio.new_event_loop}
     return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture
+async def nothing_leaked() -> AsyncIterator[None]:
+    """For a test that starts it before its servers: once the proxy and the servers of the
+    test have closed, no task still running, no socket and no temporary file still open."""
+    tasks, sockets, files = asyncio.all_tasks(), open_sockets(), temporary_files()
+    yield
+    assert await tasks_left(tasks) == set()
+    assert open_sockets() <= sockets
+    assert temporary_files() == files
 
 
 @pytest.fixture

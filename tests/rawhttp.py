@@ -94,6 +94,7 @@ class LoopbackServer:
         self.connections = 0
         self._server: asyncio.Server | None = None
         self._writers: set[Writer] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def url(self) -> str:
@@ -108,11 +109,17 @@ class LoopbackServer:
             self._server.close()
             for writer in self._writers:
                 writer.transport.abort()
+            for task in self._tasks:  # an exchange that never ends on its own (a hanging answer)
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
             await self._server.wait_closed()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: Writer) -> None:
         self.connections += 1
         self._writers.add(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
         try:
             while True:
                 request_line, headers = await read_head(reader)
@@ -122,6 +129,7 @@ class LoopbackServer:
             pass
         finally:
             self._writers.discard(writer)
+            self._tasks.discard(task)
             writer.close()
 
     async def exchange(

@@ -23,6 +23,9 @@ from tests.rawhttp import RawUpstream, Received, Writer
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 Behaviour = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# Every fault, once its proxy and servers have closed, leaves nothing behind.
+pytestmark = pytest.mark.usefixtures("nothing_leaked")
+
 
 async def settled(proxy: RunningProxy) -> None:
     """Wait until the proxy has no request in flight (nothing announces it)."""
@@ -39,7 +42,7 @@ async def get(proxy: RunningProxy, path: str = "/v1/x") -> tuple[int, dict[str, 
 
 
 @pytest.fixture(autouse=True)
-def logs(agentsync_simulator: RunningSimulator, upstream: RawUpstream) -> Any:
+def logs(nothing_leaked: None, agentsync_simulator: RunningSimulator, upstream: RawUpstream) -> Any:
     """Every fault's log, checked afterwards for the client secret and every token."""
     with structlog.testing.capture_logs() as captured:
         yield captured

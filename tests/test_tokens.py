@@ -14,11 +14,15 @@ from aiohttp.test_utils import TestServer
 
 from proxy.credentials import ClientSecret, Secret
 from proxy.keys import METRICS
-from proxy.servers import RunningProxy, RunningSimulator
+from proxy.servers import RunningProxy, RunningSimulator, running_proxy, settings_for
 from tests.conftest import ProxyFactory
-from tests.rawhttp import RawUpstream, reply
+from tests.leaks import tasks_left
+from tests.rawhttp import LoopbackServer, RawUpstream, Writer, reply
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
+
+# Every fault, once its proxy and servers have closed, leaves nothing behind.
+pytestmark = pytest.mark.usefixtures("nothing_leaked")
 
 
 async def get_all(url: str, count: int, path: str = "/v1/x") -> list[int]:
@@ -236,3 +240,40 @@ async def test_secret_file_is_read_again_at_each_token_request(
     secret_file.write_text(agentsync_simulator.config.client_secret + "\n")
     assert await get_all(proxy.url, 1) == [200]
     assert agentsync_simulator.state.tokens_issued == 1
+
+
+class NeverAnswers(LoopbackServer):
+    """A token endpoint that takes the request and says nothing until the proxy hangs up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived = asyncio.Event()
+
+    async def exchange(
+        self,
+        request_line: str,
+        headers: list[tuple[str, str]],
+        reader: asyncio.StreamReader,
+        writer: Writer,
+    ) -> bool:
+        self.arrived.set()
+        await reader.read()
+        return False
+
+
+async def test_a_proxy_closed_while_its_token_request_hangs_leaves_nothing_running(
+    agentsync_simulator: RunningSimulator, upstream: RawUpstream
+) -> None:
+    silent = NeverAnswers()
+    await silent.start()
+    try:
+        before = asyncio.all_tasks()
+        settings = settings_for(
+            agentsync_simulator, api_base_url=upstream.url, token_url=silent.url + "/oauth2/token"
+        )
+        async with running_proxy(settings):
+            async with asyncio.timeout(5):
+                await silent.arrived.wait()  # the first token request is in flight as it closes
+        assert await tasks_left(before) == set()
+    finally:
+        await silent.close()
