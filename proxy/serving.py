@@ -104,7 +104,7 @@ async def _run(settings: Settings, reuse_port: bool) -> int:
         )
         log.info(
             "listening",
-            listen=str(settings.listen),
+            listen=str(replace(settings.listen, port=int(runner.addresses[0][1]))),  # :0 too
             environment=settings.environment,
             api_base_url=settings.api_base_url,
             version=__version__,

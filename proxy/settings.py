@@ -193,7 +193,7 @@ def _masked(text: str) -> str:
     return f"{scheme.group(0) if scheme else ''}***@{text.rpartition('@')[2]}"
 
 
-_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:(?://)?|//")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://|//")  # in u:p@host, u: is no scheme
 
 
 def _origin(item: str) -> str:
@@ -514,6 +514,11 @@ def _complete(
             " required (the proxy lends its credentials to whoever can reach it)"
         )
     workers: int = values.get("workers", Settings.workers)
+    if workers > 1 and listen.port == 0:
+        problems.append(
+            f"{label('workers')}: {workers} workers must share one port, and --listen"
+            f" {listen} would give each its own: name the port"
+        )
     cap: int = values.get("token_requests_per_minute", Settings.token_requests_per_minute)
     cap_refused = (
         "token_requests_per_minute" in sources and "token_requests_per_minute" not in values

@@ -180,7 +180,11 @@ class TokenSource:
                 " check AGENTSYNC_TOKEN_URL and the network",
                 retry_after=self.backoff_initial * 4,
             )
-        error = None if task.cancelled() else task.exception()
+        if task.cancelled():  # by close(): the proxy is stopping
+            raise TokenUnavailable(
+                "the token request was stopped: the proxy is shutting down", retry_after=1.0
+            )
+        error = task.exception()
         if error is not None:
             raise _fresh(error)
         return task.result()

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from aiohttp.test_utils import TestServer
 
 from proxy import __version__
 from proxy.servers import RunningSimulator
-from tests.cli_process import run_cli, serve, simulator_env
+from tests.cli_process import run_cli, serve, simulator_env, until_ready
 from tests.rawhttp import RawUpstream, Received, Writer, reply, response_bytes
 
 
@@ -392,3 +393,34 @@ async def test_workers_share_the_port_and_stop_together(
     assert len(pids) == 2
     assert sum(r["event"] == "stopped" for r in records) == 2
     assert agentsync_simulator.state.token_requests == 2
+
+
+async def test_serve_on_port_0_logs_the_port_it_got(
+    agentsync_simulator: RunningSimulator, upstream: RawUpstream
+) -> None:
+    env = simulator_env(agentsync_simulator, AGENTSYNC_API_BASE_URL=upstream.url)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy",
+        "serve",
+        env={
+            "PATH": os.environ["PATH"],
+            "AGENTSYNC_PROXY_LISTEN": "127.0.0.1:0",
+            "AGENTSYNC_PROXY_LOG_FORMAT": "json",
+            **env,
+        },
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stderr is not None
+        async with asyncio.timeout(20):
+            while (line := json.loads(await process.stderr.readline()))["event"] != "listening":
+                pass
+        host, _, port = line["listen"].rpartition(":")
+        assert (host, port != "0") == ("127.0.0.1", True)
+        await until_ready(f"http://127.0.0.1:{port}")
+    finally:
+        process.kill()
+        await process.wait()

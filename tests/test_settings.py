@@ -150,6 +150,14 @@ def test_listen_port_0_takes_any_free_port_as_test_harnesses_do() -> None:
     assert load_settings({"listen": "127.0.0.1:0"}, BASE_ENV).listen.port == 0
 
 
+def test_workers_on_port_0_are_refused_as_they_would_not_share_a_port() -> None:
+    [problem] = problems({"listen": "127.0.0.1:0", "workers": "2"}, BASE_ENV)
+    assert problem == (
+        "--workers: 2 workers must share one port, and --listen 127.0.0.1:0 would give each its"
+        " own: name the port"
+    )
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
@@ -250,6 +258,7 @@ def test_a_url_with_a_user_or_password_is_refused_without_showing_it(name: str, 
     [problem] = problems({name: url}, BASE_ENV)
     assert problem.startswith(f"--{name.replace('_', '-')}: ")
     assert "hunter2" not in problem
+    assert "u:" not in problem.partition(": ")[2]  # nor the user name
 
 
 @pytest.mark.parametrize("name", ["api_base_url", "token_url"])

@@ -349,3 +349,16 @@ async def test_a_retry_after_longer_than_a_request_waits_ends_the_attempts_at_on
 
 def test_backoff_stays_at_its_ceiling_however_long_the_outage() -> None:
     assert 15.0 <= backoff(5000, 0.25, 30.0) <= 30.0
+
+
+async def test_closing_the_source_answers_its_waiters_with_token_unavailable() -> None:
+    clock = Clock()
+    fetcher = ScriptedFetcher(clock, 3600.0)
+    fetcher.gate = asyncio.Event()  # the token request hangs
+    tokens = source(fetcher, clock)
+    waiting = asyncio.create_task(tokens.token())
+    while not fetcher.calls:  # the request is in flight
+        await asyncio.sleep(0)
+    await tokens.close()
+    with pytest.raises(TokenUnavailable, match="shutting down"):
+        await waiting
