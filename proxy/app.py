@@ -115,7 +115,10 @@ async def forward(request: web.Request) -> web.StreamResponse:
                 raise RequestTooLarge(too_large_description(settings.max_body_size))
             send_continue(request)
             body = CapturedBody(
-                request.content, max_size=settings.max_body_size, threshold=settings.spool_threshold
+                request.content,
+                max_size=settings.max_body_size,
+                threshold=settings.spool_threshold,
+                timeout=settings.client_timeout,
             )
             length = request.content_length
             if length is None or length <= forwarding.SMALL_BODY:
@@ -151,7 +154,10 @@ async def forward(request: web.Request) -> web.StreamResponse:
             return await forwarding.relay(request, upstream_response, out_headers, exchange)
     except ProxyError as error:
         exchange.status, exchange.error = error.status, error.code
-        return error_response(error, exchange.request_id)
+        response = error_response(error, exchange.request_id)
+        if body is not None and not body.complete:
+            response.force_close()  # the rest of the body is not worth waiting for
+        return response
     except ConnectionError:
         # The client went away; 499 is what the access log calls it (nginx's convention).
         exchange.status, exchange.error = 499, "client_disconnected"

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from aiohttp import StreamReader
 
-from proxy.errors import RequestTooLarge
+from proxy.errors import ClientTimeout, RequestTooLarge
 
 T = TypeVar("T")
 
@@ -151,10 +151,13 @@ class CapturedBody:
     """The client's body, read once. `payload()` gives it whole, as often as needed: what was
     kept so far, then the rest from the client, kept as it passes."""
 
-    def __init__(self, stream: StreamReader, *, max_size: int, threshold: int) -> None:
+    def __init__(
+        self, stream: StreamReader, *, max_size: int, threshold: int, timeout: float
+    ) -> None:
         self.size = 0
         self._stream: StreamReader | None = stream
         self._max_size = max_size
+        self._timeout = timeout
         self._threshold = threshold
         self._parts: list[bytes] = []
         self._spool: Spool | None = None
@@ -188,7 +191,14 @@ class CapturedBody:
     async def _read(self) -> bytes:
         """The client's next bytes, kept before anyone sees them, so that none are lost."""
         assert self._stream is not None
-        chunk = await self._stream.read(CHUNK)
+        try:
+            async with asyncio.timeout(self._timeout):
+                chunk = await self._stream.read(CHUNK)
+        except TimeoutError:
+            raise ClientTimeout(
+                f"the client sent no byte of its request body for {self._timeout:g} s"
+                " (--client-timeout); send the body without pauses, or raise the timeout"
+            ) from None
         if not chunk:
             self._stream = None
             return chunk

@@ -7,6 +7,7 @@
     ├── UpstreamUnreachable          502     upstream_unreachable
     ├── UpstreamTimeout              504     upstream_timeout
     ├── RequestTooLarge              413     request_too_large
+    ├── ClientTimeout                408     client_timeout
     ├── BadRequest                   400     bad_request
     ├── AuthHostRefused              403     auth_host_refused
     ├── TargetNotAllowed             403     target_not_allowed
@@ -72,6 +73,11 @@ class UpstreamTimeout(ProxyError):
 class RequestTooLarge(ProxyError):
     status = 413
     code = "request_too_large"
+
+
+class ClientTimeout(ProxyError):
+    status = 408
+    code = "client_timeout"
 
 
 class BadRequest(ProxyError):

@@ -61,6 +61,7 @@ class Settings:
     default_token_lifetime: float = 3600.0
     connect_timeout: float = 10.0
     upstream_timeout: float = 60.0
+    client_timeout: float = 60.0
     max_body_size: int = 1 << 30
     spool_threshold: int = 1 << 20
     allowed_clients: tuple[IPNetwork, ...] = ()
@@ -343,6 +344,13 @@ OPTIONS: tuple[Option, ...] = (
         "AGENTSYNC_PROXY_UPSTREAM_TIMEOUT",
         _seconds,
         "no response or no bytes for this long",
+        metavar="SECONDS",
+    ),
+    Option(
+        "client_timeout",
+        "AGENTSYNC_PROXY_CLIENT_TIMEOUT",
+        _seconds,
+        "no byte of a request body from the client for this long",
         metavar="SECONDS",
     ),
     Option(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 
 import aiohttp
 import pytest
@@ -491,3 +492,25 @@ async def test_what_the_upstream_does_before_the_body_ends_reaches_a_client_that
         assert body_part in body
     finally:
         await early.close()
+
+
+@pytest.mark.parametrize("size", [10_000, 300_000])  # read whole first; sent while it arrives
+async def test_a_client_that_stalls_mid_upload_gets_408_and_the_upstream_no_whole_request(
+    make_proxy: ProxyFactory, upstream: RawUpstream, size: int
+) -> None:
+    # Not under the fault matrix's leak check: after an answer sent before the body's end,
+    # aiohttp keeps the connection's task reading what is left for up to 10 s (lingering).
+    proxy = await make_proxy(client_timeout=0.3, spool_threshold=64 * 1024)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    head = f"PUT /v1/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {2 * size}\r\n\r\n"
+    writer.write(head.encode() + b"s" * size)  # half the body, then nothing more
+    await writer.drain()
+    try:
+        async with asyncio.timeout(5):
+            status_line, headers = await read_head(reader)
+            body = await read_body(reader, headers)
+    finally:
+        writer.close()
+    assert status_line.startswith("HTTP/1.1 408")
+    assert json.loads(body)["error"] == "client_timeout"
+    assert upstream.received == []
