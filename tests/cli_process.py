@@ -61,6 +61,26 @@ class Served:
     port: int
 
 
+async def start_serve(
+    env: Mapping[str, str], listen: str, *, stdout: int, stderr: int
+) -> asyncio.subprocess.Process:
+    """`agentsync-proxy serve` on `listen` with JSON logs, started and not waited for."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy",
+        "serve",
+        env={
+            "PATH": os.environ["PATH"],
+            "AGENTSYNC_PROXY_LISTEN": listen,
+            "AGENTSYNC_PROXY_LOG_FORMAT": "json",
+            **env,
+        },
+        stdout=stdout,
+        stderr=stderr,
+    )
+
+
 @asynccontextmanager
 async def serve(
     env: Mapping[str, str], port: int, *, capture: bool = True
@@ -68,20 +88,7 @@ async def serve(
     """`agentsync-proxy serve` on 127.0.0.1:port with JSON logs, once it is ready (holds a
     token). With `capture`, its output is kept for `process.communicate()`."""
     output = asyncio.subprocess.PIPE if capture else asyncio.subprocess.DEVNULL
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        "serve",
-        env={
-            "PATH": os.environ["PATH"],
-            "AGENTSYNC_PROXY_LISTEN": f"127.0.0.1:{port}",
-            "AGENTSYNC_PROXY_LOG_FORMAT": "json",
-            **env,
-        },
-        stdout=output,
-        stderr=output,
-    )
+    process = await start_serve(env, f"127.0.0.1:{port}", stdout=output, stderr=output)
     served = Served(process, f"http://127.0.0.1:{port}", port)
     try:
         await until_ready(served.url)

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import socket
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from aiohttp.test_utils import TestServer
 
 from proxy import __version__
 from proxy.servers import RunningSimulator
-from tests.cli_process import run_cli, serve, simulator_env, until_ready
+from tests.cli_process import run_cli, serve, simulator_env, start_serve, until_ready
 from tests.rawhttp import RawUpstream, Received, Writer, reply, response_bytes
 
 
@@ -399,19 +398,8 @@ async def test_serve_on_port_0_logs_the_port_it_got(
     agentsync_simulator: RunningSimulator, upstream: RawUpstream
 ) -> None:
     env = simulator_env(agentsync_simulator, AGENTSYNC_API_BASE_URL=upstream.url)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        "serve",
-        env={
-            "PATH": os.environ["PATH"],
-            "AGENTSYNC_PROXY_LISTEN": "127.0.0.1:0",
-            "AGENTSYNC_PROXY_LOG_FORMAT": "json",
-            **env,
-        },
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+    process = await start_serve(
+        env, "127.0.0.1:0", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
     )
     try:
         assert process.stderr is not None

@@ -463,6 +463,20 @@ async def test_expect_100_continue_with_a_body_over_the_maximum_gets_413_at_once
     assert upstream.received == []
 
 
+async def send_part_and_wait(port: int, sent: int, declared: int) -> tuple[str, bytes]:
+    """PUT a body of `declared` bytes but send only `sent`, then wait, holding the rest, for
+    the proxy's answer: its status line and body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(http("/v1/upload", f"Content-Length: {declared}", method="PUT") + b"z" * sent)
+    await writer.drain()
+    try:
+        async with asyncio.timeout(5):
+            status_line, headers = await read_head(reader)
+            return status_line, await read_body(reader, headers)
+    finally:
+        writer.close()
+
+
 @pytest.mark.parametrize(
     ("upstream_answer", "status", "body_part"),
     [
@@ -478,16 +492,7 @@ async def test_what_the_upstream_does_before_the_body_ends_reaches_a_client_that
     await early.start()
     try:
         proxy = await make_proxy(api_base_url=early.url, spool_threshold=64 * 1024)
-        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-        head = http("/v1/upload", "Content-Length: 1000000", method="PUT")
-        writer.write(head + b"z" * 100_000)  # then the client waits, holding the rest
-        await writer.drain()
-        try:
-            async with asyncio.timeout(5):
-                status_line, headers = await read_head(reader)
-                body = await read_body(reader, headers)
-        finally:
-            writer.close()
+        status_line, body = await send_part_and_wait(proxy.port, 100_000, 1_000_000)
         assert status_line.startswith(f"HTTP/1.1 {status}")
         assert body_part in body
     finally:
@@ -501,16 +506,7 @@ async def test_a_client_that_stalls_mid_upload_gets_408_and_the_upstream_no_whol
     # Not under the fault matrix's leak check: after an answer sent before the body's end,
     # aiohttp keeps the connection's task reading what is left for up to 10 s (lingering).
     proxy = await make_proxy(client_timeout=0.3, spool_threshold=64 * 1024)
-    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-    head = f"PUT /v1/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {2 * size}\r\n\r\n"
-    writer.write(head.encode() + b"s" * size)  # half the body, then nothing more
-    await writer.drain()
-    try:
-        async with asyncio.timeout(5):
-            status_line, headers = await read_head(reader)
-            body = await read_body(reader, headers)
-    finally:
-        writer.close()
+    status_line, body = await send_part_and_wait(proxy.port, size, 2 * size)
     assert status_line.startswith("HTTP/1.1 408")
     assert json.loads(body)["error"] == "client_timeout"
     assert upstream.received == []
