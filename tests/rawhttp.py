@@ -144,12 +144,14 @@ class LoopbackServer:
 
 
 class AnswersAtOnce(LoopbackServer):
-    """Answers each request as soon as its head is in, without waiting for its body (an empty
-    answer: closes the connection instead)."""
+    """Answers each request as soon as its head is in, without waiting for its body: with
+    `answer`'s bytes, by closing the connection (b""), or, with None, not at all until the peer
+    hangs up."""
 
-    def __init__(self, answer: bytes) -> None:
+    def __init__(self, answer: bytes | None) -> None:
         super().__init__()
         self.answer = answer
+        self.head_arrived = asyncio.Event()
 
     async def exchange(
         self,
@@ -158,10 +160,12 @@ class AnswersAtOnce(LoopbackServer):
         reader: asyncio.StreamReader,
         writer: Writer,
     ) -> bool:
-        if not self.answer:
+        self.head_arrived.set()
+        if self.answer == b"":
             return False  # closes the connection without a word
-        writer.write(self.answer)
-        await writer.drain()
+        if self.answer is not None:
+            writer.write(self.answer)
+            await writer.drain()
         await reader.read()  # until the proxy lets the connection go
         return False
 

@@ -17,7 +17,7 @@ from proxy.keys import METRICS
 from proxy.servers import RunningProxy, RunningSimulator, running_proxy, settings_for
 from tests.conftest import ProxyFactory
 from tests.leaks import tasks_left
-from tests.rawhttp import LoopbackServer, RawUpstream, Writer, reply
+from tests.rawhttp import AnswersAtOnce, RawUpstream, reply
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 
@@ -242,29 +242,10 @@ async def test_secret_file_is_read_again_at_each_token_request(
     assert agentsync_simulator.state.tokens_issued == 1
 
 
-class NeverAnswers(LoopbackServer):
-    """A token endpoint that takes the request and says nothing until the proxy hangs up."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.arrived = asyncio.Event()
-
-    async def exchange(
-        self,
-        request_line: str,
-        headers: list[tuple[str, str]],
-        reader: asyncio.StreamReader,
-        writer: Writer,
-    ) -> bool:
-        self.arrived.set()
-        await reader.read()
-        return False
-
-
 async def test_a_proxy_closed_while_its_token_request_hangs_leaves_nothing_running(
     agentsync_simulator: RunningSimulator, upstream: RawUpstream
 ) -> None:
-    silent = NeverAnswers()
+    silent = AnswersAtOnce(None)  # a token endpoint that never answers
     await silent.start()
     try:
         before = asyncio.all_tasks()
@@ -273,7 +254,9 @@ async def test_a_proxy_closed_while_its_token_request_hangs_leaves_nothing_runni
         )
         async with running_proxy(settings):
             async with asyncio.timeout(5):
-                await silent.arrived.wait()  # the first token request is in flight as it closes
+                await (
+                    silent.head_arrived.wait()
+                )  # the first token request is in flight as it closes
         assert await tasks_left(before) == set()
     finally:
         await silent.close()
