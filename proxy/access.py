@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import structlog
+from aiohttp import web
 
 from proxy.metrics import Metrics
 
@@ -69,6 +70,16 @@ class Exchange:
     bytes_in: int = 0
     bytes_out: int = 0
     error: str | None = None
+
+    @classmethod
+    def of(cls, request: web.Request) -> Exchange:
+        """The record of `request`, with its X-Request-Id or a new one."""
+        return cls(
+            request_id=request.headers.get("X-Request-Id") or new_request_id(),
+            method=request.method,
+            target=request.raw_path,
+            client=request.remote,
+        )
 
     def finish(self, metrics: Metrics, log_query: bool) -> None:
         seconds = time.perf_counter() - self.started

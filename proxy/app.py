@@ -13,7 +13,7 @@ import structlog
 from aiohttp import web
 
 from proxy import clients, forwarding, guard, operations
-from proxy.access import Exchange, new_request_id
+from proxy.access import Exchange
 from proxy.body import CapturedBody, too_large_description
 from proxy.errors import (
     ProxyError,
@@ -98,12 +98,7 @@ def send_continue(request: web.Request) -> None:
 async def forward(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings = app[SETTINGS]
-    exchange = Exchange(
-        request_id=request.headers.get("X-Request-Id") or new_request_id(),
-        method=request.method,
-        target=request.raw_path,
-        client=request.remote,
-    )
+    exchange = Exchange.of(request)
     metrics = app[METRICS]
     metrics.in_flight += 1
     body: CapturedBody | None = None

@@ -11,7 +11,7 @@ from functools import lru_cache
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from proxy.access import Exchange, new_request_id
+from proxy.access import Exchange
 from proxy.errors import (
     BadRequest,
     ClientNotAllowed,
@@ -87,10 +87,13 @@ def check(policy: Policy, request: web.Request) -> None:
         raise MethodNotAllowed("CONNECT is not supported: this is a reverse proxy")
     if request.raw_path == "*":
         raise BadRequest("the request target * is not supported; send a path such as /v1/...")
-    probe = request.raw_path.partition("?")[0] in PROBES
-    origin_form = request.raw_path.startswith("/")
     host = request.headers.get("Host")
-    if origin_form and not probe and host is not None and not policy.host_allowed(host):
+    if (
+        host is not None
+        and request.raw_path.startswith("/")  # origin form
+        and not policy.host_allowed(host)
+        and request.raw_path.partition("?")[0] not in PROBES
+    ):
         raise HostNotAllowed(
             f"Host {host!r} is not allowed (a web page may be trying DNS rebinding); call the"
             " proxy as localhost, or add the name to --allowed-hosts"
@@ -124,12 +127,7 @@ def preflight(request: web.Request) -> web.Response:
 def answered_here(request: web.Request, error: ProxyError | None = None) -> web.Response:
     """A refusal, or a preflight's answer: logged and counted like every request, never
     forwarded."""
-    exchange = Exchange(
-        request_id=request.headers.get("X-Request-Id") or new_request_id(),
-        method=request.method,
-        target=request.raw_path,
-        client=request.remote,
-    )
+    exchange = Exchange.of(request)
     if error is None:
         response = preflight(request)
         exchange.status = response.status
