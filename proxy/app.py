@@ -21,10 +21,11 @@ from proxy.errors import (
     error_response,
     upstream_failure,
 )
-from proxy.keys import CLIENT, METRICS, SETTINGS, SHUTTING_DOWN, TOKENS, UPSTREAM
+from proxy.keys import CLIENT, METRICS, SETTINGS, SHUTTING_DOWN, SPOOL_FILES, TOKENS, UPSTREAM
 from proxy.metrics import Metrics
 from proxy.replay import send_with_replay
 from proxy.settings import Settings
+from proxy.spool_files import SpoolFiles
 from proxy.tokens import TokenFetcher, TokenSource
 from proxy.upstream_client import ClientError
 
@@ -62,6 +63,7 @@ def create_app(
         )
         app[CLIENT] = upstream
         app[TOKENS] = tokens
+        app[SPOOL_FILES] = spool_files = SpoolFiles()
         metrics.track_token_expiry(tokens.seconds_left)
         refresher = asyncio.get_running_loop().create_task(tokens.run())
         try:
@@ -73,6 +75,7 @@ def create_app(
             await tokens.close()
             await upstream.close()
             await token_session.close()
+            await spool_files.close()
 
     async def on_shutdown(app: web.Application) -> None:
         app[SHUTTING_DOWN].set()
@@ -114,6 +117,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
                 max_size=settings.max_body_size,
                 threshold=settings.spool_threshold,
                 timeout=settings.client_timeout,
+                files=app[SPOOL_FILES],
             )
             length = request.content_length
             if length is None or length <= forwarding.SMALL_BODY:

@@ -1,23 +1,21 @@
 """A request body kept for a replay as it passes from the client to the upstream: in memory up
-to a threshold, in an unnamed temporary file above it (removed by the system as soon as it is
-closed). A large body is sent upstream while it arrives, not after."""
+to a threshold, in an unnamed temporary file above it (proxy.spool_files). A large body is sent
+upstream while it arrives, not after."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
-import fcntl
 import mmap
 import os
-import tempfile
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 from aiohttp import StreamReader
 
 from proxy.errors import ClientTimeout, RequestTooLarge
+from proxy.spool_files import SpoolFiles
 
 T = TypeVar("T")
 
@@ -29,29 +27,25 @@ BUFFERS = 3  # one block filling while up to two are written
 
 
 class Spool:
-    """A body in an unnamed temporary file: whole blocks written by worker threads while the
-    next one fills, with O_DIRECT where the file system allows it; the last, partial block stays
-    in memory. On the benchmark machine writing 1 GiB through the page cache took 2 s of system
-    time, and 0.1 s past it. With several blocks in flight the event loop waits for the disk only
-    when it is slower than the network. A thread still writing or reading keeps the file and
-    its buffers open, whatever was cancelled meanwhile; the last one to end closes them."""
+    """A body in a spool file: whole blocks written while the next one fills, past the page
+    cache where the file system allows it; the last, partial block stays in memory. On the
+    benchmark machine writing 1 GiB through the page cache took 2 s of system time, and 0.1 s
+    past it. With several blocks in flight the event loop waits for the disk only when it is
+    slower than the network. A write or read still under way keeps the file and the buffers,
+    whatever was cancelled meanwhile; the last one to end gives them back."""
 
-    def __init__(self, block: int) -> None:
+    def __init__(self, block: int, files: SpoolFiles) -> None:
         self._block = block
-        self._file = tempfile.TemporaryFile(buffering=0)  # noqa: SIM115 - closed by _free()
-        try:
-            self._buffers = [mmap.mmap(-1, block) for _ in range(BUFFERS)]
-        except BaseException:
-            self._file.close()
-            raise
-        self._fd = self._file.fileno()
-        _bypass_page_cache(self._fd)
+        self._files = files
+        self._buffers = [mmap.mmap(-1, block) for _ in range(BUFFERS)]
+        self._spooled = files.take()
         self._filling, self._spare = self._buffers[0], deque(self._buffers[1:])
         self._filled = 0
         self._blocks = 0  # whole blocks handed to the file
-        self._writes: deque[tuple[asyncio.Future[None], mmap.mmap]] = deque()  # oldest first
-        self._jobs: set[asyncio.Future[Any]] = set()  # in a thread, not yet ended
-        self._abandoned = False  # closed while a thread still used it
+        self._writes: deque[tuple[asyncio.Future[Any], mmap.mmap]] = deque()  # oldest first
+        self._jobs: set[asyncio.Future[Any]] = set()  # writing or reading, not yet ended
+        self._abandoned = False  # closed while a job still used it
+        self._released = False
 
     async def append(self, chunk: bytes) -> None:
         view = memoryview(chunk)
@@ -68,10 +62,12 @@ class Spool:
         while self._writes:
             await self._write_ended()
         buffer = self._spare[0]
+        loop = asyncio.get_running_loop()
         for block in range(self._blocks):
-            read = await asyncio.shield(
-                self._in_thread(os.preadv, self._fd, [buffer], block * self._block)
+            reading = loop.run_in_executor(
+                None, os.preadv, self._spooled.fd, [buffer], block * self._block
             )
+            read = await asyncio.shield(self._track(reading))
             if read != self._block:
                 raise OSError(errno.EIO, "the request body's temporary file ends early")
             yield buffer[:]
@@ -79,35 +75,32 @@ class Spool:
             yield self._filling[: self._filled]
 
     async def close(self) -> None:
-        """Remove the file once no thread uses it. Freeing a large file's blocks takes the file
-        system a while (0.1 s a GiB on the benchmark machine): a thread does that too."""
+        """Give the file back once no job uses it."""
         try:
             if self._jobs:
                 await asyncio.wait(set(self._jobs))
         except asyncio.CancelledError:
-            self._abandoned = True  # the last thread to end closes the file
+            self._abandoned = True  # the last job to end gives the file back
             self._release()
             raise
-        if not self._file.closed:
-            await asyncio.shield(self._in_thread(self._free))
+        self._release()
 
     async def _write_block(self) -> None:
         if not self._spare:
             await self._write_ended()
         block, self._filling = self._filling, self._spare.popleft()
         offset, self._blocks, self._filled = self._blocks * self._block, self._blocks + 1, 0
-        self._writes.append((self._in_thread(_write_block, self._fd, block, offset), block))
+        self._writes.append((self._track(self._files.write(self._spooled, block, offset)), block))
 
     async def _write_ended(self) -> None:
         """Wait for the oldest write; its buffer is free again. A failed write fails here."""
         writing, block = self._writes[0]
-        await asyncio.shield(writing)  # a cancelled wait leaves the write to its thread
+        await asyncio.shield(writing)  # a cancelled wait leaves the write to run its course
         if self._writes and self._writes[0][0] is writing:
             self._writes.popleft()
             self._spare.append(block)
 
-    def _in_thread(self, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-        job = asyncio.get_running_loop().run_in_executor(None, function, *args)
+    def _track(self, job: asyncio.Future[T]) -> asyncio.Future[T]:
         self._jobs.add(job)
         job.add_done_callback(self._job_ended)
         return job
@@ -120,31 +113,12 @@ class Spool:
             self._release()
 
     def _release(self) -> None:
-        if not self._jobs and not self._file.closed:
-            self._free()
-
-    def _free(self) -> None:
-        self._file.close()
+        if self._jobs or self._released:
+            return
+        self._released = True
+        self._files.give_back(self._spooled)
         for buffer in self._buffers:
             buffer.close()
-
-
-def _bypass_page_cache(fd: int) -> None:
-    with contextlib.suppress(OSError, AttributeError):  # not on this file system, or system
-        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_DIRECT)
-
-
-def _write_block(fd: int, block: mmap.mmap, offset: int) -> None:
-    try:
-        written = os.pwrite(fd, block, offset)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            raise
-        # The file system took O_DIRECT but refuses its writes: write through the page cache.
-        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
-        written = os.pwrite(fd, block, offset)
-    if written != len(block):
-        raise OSError(errno.ENOSPC, "the request body's temporary file could not be written")
 
 
 class CapturedBody:
@@ -152,10 +126,17 @@ class CapturedBody:
     kept so far, then the rest from the client, kept as it passes."""
 
     def __init__(
-        self, stream: StreamReader, *, max_size: int, threshold: int, timeout: float
+        self,
+        stream: StreamReader,
+        *,
+        max_size: int,
+        threshold: int,
+        timeout: float,
+        files: SpoolFiles,
     ) -> None:
         self.size = 0
         self._stream: StreamReader | None = stream
+        self._files = files
         self._max_size = max_size
         self._timeout = timeout
         self._threshold = threshold
@@ -206,7 +187,8 @@ class CapturedBody:
         if self.size > self._max_size:
             raise RequestTooLarge(too_large_description(self._max_size))
         if self._spool is None and self.size > self._threshold:
-            self._spool, parts, self._parts = Spool(block_for(self._threshold)), self._parts, []
+            spool = Spool(block_for(self._threshold), self._files)
+            self._spool, parts, self._parts = spool, self._parts, []
             for part in parts:
                 await self._spool.append(part)
         if self._spool is not None:

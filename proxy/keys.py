@@ -9,6 +9,7 @@ from aiohttp import web
 from proxy.forwarding import Upstream
 from proxy.metrics import Metrics
 from proxy.settings import Settings
+from proxy.spool_files import SpoolFiles
 from proxy.tokens import TokenSource
 from proxy.upstream_client import UpstreamClient
 
@@ -18,3 +19,4 @@ UPSTREAM = web.AppKey("upstream", Upstream)
 CLIENT = web.AppKey("upstream_client", UpstreamClient)
 METRICS = web.AppKey("metrics", Metrics)
 SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)
+SPOOL_FILES = web.AppKey("spool_files", SpoolFiles)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 
 
 def temporary_files() -> list[str]:
@@ -37,3 +38,11 @@ async def tasks_left(before: set[asyncio.Task[object]]) -> set[asyncio.Task[obje
     for _ in range(10):
         await asyncio.sleep(0)
     return asyncio.all_tasks() - before - {asyncio.current_task()}
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait for a condition that no event announces (a gauge of another component, a file
+    freed by a timer)."""
+    async with asyncio.timeout(30):
+        while not condition():
+            await asyncio.sleep(0.005)

@@ -1,10 +1,12 @@
-"""The replay spool on its own: whole blocks written by worker threads, read back in order, and
-the file and buffers released only once no thread uses them, whatever was cancelled."""
+"""The replay spool on its own: whole blocks written through the kernel's AIO or by worker
+threads, read back in order; the file and buffers given back only once no write or read uses
+them, whatever was cancelled; files kept for the next body, and freed when unused."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import mmap
 import os
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -14,7 +16,9 @@ from typing import Any
 import pytest
 
 from proxy.body import Spool
-from tests.leaks import temporary_files
+from proxy.kernel_aio import KernelAio
+from proxy.spool_files import SpoolFiles
+from tests.leaks import temporary_files, until
 
 BLOCK = 64 * 1024
 
@@ -53,6 +57,29 @@ async def gated() -> AsyncIterator[GatedExecutor]:
     executor.shutdown(wait=True)
 
 
+@pytest.fixture(params=["kernel AIO", "threads"])
+async def files(request: pytest.FixtureRequest) -> AsyncIterator[SpoolFiles]:
+    """Spool files written each way; none kept, so that a closed spool's file is freed."""
+    spool_files = SpoolFiles(keep=0, kernel_aio=request.param == "kernel AIO")
+    yield spool_files
+    await spool_files.close()
+
+
+@pytest.fixture
+async def threads_only() -> AsyncIterator[SpoolFiles]:
+    spool_files = SpoolFiles(keep=0, kernel_aio=False)
+    yield spool_files
+    await spool_files.close()
+
+
+def kernel_aio_here() -> bool:
+    aio = KernelAio.open(1)
+    if aio is None:
+        return False
+    aio.close()
+    return True
+
+
 async def loop_turns(count: int = 5) -> None:
     """Let the loop run the callbacks queued by threads that have ended."""
     for _ in range(count):
@@ -66,24 +93,27 @@ async def content(spool: Spool) -> bytes:
 @pytest.mark.parametrize(
     "size", [0, 1, BLOCK - 1, BLOCK, BLOCK + 1, 5 * BLOCK, 9 * BLOCK + 7, 3 << 20]
 )
-async def test_what_was_appended_is_read_back_whole_and_the_file_removed(size: int) -> None:
+async def test_what_was_appended_is_read_back_whole_and_the_file_removed(
+    size: int, files: SpoolFiles
+) -> None:
     before = temporary_files()
     body = os.urandom(size)
-    spool = Spool(BLOCK)
+    spool = Spool(BLOCK, files)
     for start in range(0, size, 100_003):  # chunks that straddle the blocks
         await spool.append(body[start : start + 100_003])
     first, second = await content(spool), await content(spool)
     await spool.close()
+    await files.close()  # waits for the thread that frees the file
+    assert temporary_files() == before
     assert hashlib.sha256(first).digest() == hashlib.sha256(body).digest()
     assert second == first
-    assert temporary_files() == before
 
 
 async def test_closing_waits_for_a_write_that_a_cancelled_request_left_running(
-    gated: GatedExecutor,
+    gated: GatedExecutor, threads_only: SpoolFiles
 ) -> None:
     before = temporary_files()
-    spool = Spool(BLOCK)
+    spool = Spool(BLOCK, threads_only)
     appending = asyncio.create_task(spool.append(b"x" * (8 * BLOCK)))  # more than its buffers
     await gated.started.wait()  # a write has started in its thread
     appending.cancel()
@@ -99,10 +129,10 @@ async def test_closing_waits_for_a_write_that_a_cancelled_request_left_running(
 
 
 async def test_closing_waits_for_a_read_that_a_cancelled_replay_left_running(
-    gated: GatedExecutor,
+    gated: GatedExecutor, threads_only: SpoolFiles
 ) -> None:
     before = temporary_files()
-    spool = Spool(BLOCK)
+    spool = Spool(BLOCK, threads_only)
     gated.gate.set()
     await spool.append(b"r" * (3 * BLOCK))
     await content(spool)
@@ -123,10 +153,10 @@ async def test_closing_waits_for_a_read_that_a_cancelled_replay_left_running(
 
 
 async def test_a_spool_whose_close_is_cancelled_is_still_removed_when_its_writes_end(
-    gated: GatedExecutor,
+    gated: GatedExecutor, threads_only: SpoolFiles
 ) -> None:
     before = temporary_files()
-    spool = Spool(BLOCK)
+    spool = Spool(BLOCK, threads_only)
     await spool.append(b"c" * (BLOCK + 1))  # a write handed to a thread
     await gated.started.wait()
     closing = asyncio.create_task(spool.close())
@@ -139,3 +169,98 @@ async def test_a_spool_whose_close_is_cancelled_is_still_removed_when_its_writes
     await loop_turns()
     assert gated.errors == []
     assert temporary_files() == before
+
+
+async def spooled(files: SpoolFiles, body: bytes) -> bytes:
+    """The body through a spool of its own, read back; the spool closed."""
+    spool = Spool(BLOCK, files)
+    try:
+        for start in range(0, len(body), 100_003):
+            await spool.append(body[start : start + 100_003])
+        return await content(spool)
+    finally:
+        await spool.close()
+
+
+@pytest.mark.parametrize("kernel_aio", [True, False], ids=["kernel AIO", "threads"])
+async def test_a_kept_file_is_reused_and_only_the_new_body_is_read_from_it(
+    kernel_aio: bool,
+) -> None:
+    before = temporary_files()
+    files = SpoolFiles(keep=1, kernel_aio=kernel_aio)
+    large, small = os.urandom(9 * BLOCK + 5), os.urandom(2 * BLOCK + 3)
+    assert await spooled(files, large) == large
+    kept = temporary_files()
+    assert len(kept) == len(before) + 1 and files.kept == 1
+    assert await spooled(files, small) == small  # the same file: the large body's rest unread
+    assert temporary_files() == kept
+    await files.close()
+    assert temporary_files() == before
+
+
+async def test_no_more_files_are_kept_than_asked_and_the_rest_are_freed() -> None:
+    before = temporary_files()
+    files = SpoolFiles(keep=2)
+    spools = [Spool(BLOCK, files) for _ in range(4)]  # four bodies at once: four files
+    for spool in spools:
+        await spool.append(b"k" * (BLOCK + 1))
+    assert len(temporary_files()) == len(before) + 4
+    for spool in spools:
+        await spool.close()
+    await until(lambda: len(temporary_files()) == len(before) + 2)  # two freed by threads
+    assert files.kept == 2
+    await files.close()
+    assert temporary_files() == before
+
+
+async def test_a_kept_file_left_unused_is_freed() -> None:
+    before = temporary_files()
+    files = SpoolFiles(keep=4, idle=0.05)
+    await spooled(files, b"i" * (3 * BLOCK))
+    assert files.kept == 1
+    await until(lambda: files.kept == 0 and temporary_files() == before)
+    await files.close()
+
+
+async def test_a_file_given_back_after_the_files_closed_is_freed_at_once() -> None:
+    before = temporary_files()
+    files = SpoolFiles(keep=4)
+    spool = Spool(BLOCK, files)
+    await spool.append(b"l" * (2 * BLOCK))
+    await files.close()
+    await spool.close()
+    await files.close()  # waits for the thread that freed it
+    assert files.kept == 0
+    assert temporary_files() == before
+
+
+async def test_blocks_are_written_without_a_thread_where_the_kernel_offers_aio(
+    gated: GatedExecutor,
+) -> None:
+    if not kernel_aio_here():
+        pytest.skip("no kernel AIO on this system")
+    files = SpoolFiles(keep=0)
+    spool = Spool(BLOCK, files)
+    body = os.urandom(12 * BLOCK + 1)  # four times the spool's buffers
+    await spool.append(body)  # with every worker thread held at the gate
+    assert not gated.started.is_set()
+    gated.gate.set()  # reading back is left to threads
+    assert await content(spool) == body
+    await spool.close()
+    await files.close()
+
+
+async def test_a_write_refused_past_the_page_cache_goes_through_it() -> None:
+    """A file system may take O_DIRECT and refuse its writes (EINVAL): here an offset it cannot
+    take. The block is written all the same, and the file's next writes skip O_DIRECT."""
+    files = SpoolFiles(keep=0)
+    spooled = files.take()
+    if not spooled.direct:
+        pytest.skip("no O_DIRECT on this file system")
+    block = mmap.mmap(-1, BLOCK)
+    block.write(b"d" * BLOCK)
+    await files.write(spooled, block, 1)
+    assert not spooled.direct
+    assert os.pread(spooled.fd, BLOCK + 1, 0) == b"\0" + b"d" * BLOCK
+    files.give_back(spooled)
+    await files.close()

@@ -116,21 +116,41 @@ async def test_100_concurrent_401s_with_one_token_share_one_renewal(
     assert state.api_calls["200"] == 101
 
 
-async def test_large_body_is_spooled_replayed_from_disk_and_removed(
-    make_proxy: ProxyFactory, upstream: RawUpstream
+def refuse_each_request_once(upstream: RawUpstream) -> None:
+    """The upstream answers 401 to the first attempt of every request id, 200 to the replay."""
+    seen: set[str] = set()
+
+    async def respond(received: Received, writer: Writer) -> None:
+        request_id = received.header("X-Request-Id") or ""
+        status = 200 if request_id in seen else 401
+        seen.add(request_id)
+        writer.write(response_bytes(status, b'{"seen": "%d"}' % status))
+        await writer.drain()
+
+    upstream.responder = respond
+
+
+async def test_large_bodies_are_replayed_from_a_spool_file_kept_until_the_proxy_stops(
+    agentsync_simulator: RunningSimulator, upstream: RawUpstream
 ) -> None:
-    reject_first_token(upstream)
-    proxy = await make_proxy(spool_threshold=16 * 1024)
+    refuse_each_request_once(upstream)
     before = temporary_files()
-    body = os.urandom(3 * 1024 * 1024 + 7)
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"{proxy.url}/v1/upload", data=io.BytesIO(body)) as response,
-    ):
-        assert response.status == 200
-    first, replay = upstream.received
-    assert first.body_sha256 == replay.body_sha256 == hashlib.sha256(body).hexdigest()
-    assert replay.all("Content-Length") == [str(len(body))]
+    settings = settings_for(
+        agentsync_simulator, api_base_url=upstream.url, spool_threshold=16 * 1024
+    )
+    # The second body, smaller, is spooled to the file the first one left: only its own bytes
+    # may come back.
+    bodies = [os.urandom(3 * 1024 * 1024 + 7), os.urandom(200 * 1024 + 1)]
+    async with running_proxy(settings) as proxy, aiohttp.ClientSession() as session:
+        for body in bodies:
+            async with session.post(f"{proxy.url}/v1/upload", data=io.BytesIO(body)) as response:
+                assert response.status == 200
+        while_running = temporary_files()
+    sent = [hashlib.sha256(body).hexdigest() for body in bodies for _attempt in (1, 2)]
+    assert [received.body_sha256 for received in upstream.received] == sent
+    lengths = [str(len(body)) for body in bodies for _attempt in (1, 2)]
+    assert [received.header("Content-Length") for received in upstream.received] == lengths
+    assert len(while_running) == len(before) + 1  # one file, kept for the next body
     assert temporary_files() == before
 
 

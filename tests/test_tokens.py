@@ -16,7 +16,7 @@ from proxy.credentials import ClientSecret, Secret
 from proxy.keys import METRICS
 from proxy.servers import RunningProxy, RunningSimulator, running_proxy, settings_for
 from tests.conftest import ProxyFactory
-from tests.leaks import tasks_left
+from tests.leaks import tasks_left, until
 from tests.rawhttp import AnswersAtOnce, RawUpstream, reply
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
@@ -35,13 +35,6 @@ async def get_all(url: str, count: int, path: str = "/v1/x") -> list[int]:
                 return response.status
 
         return list(await asyncio.gather(*(one() for _ in range(count))))
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Wait for a condition that no event announces (a gauge of another component)."""
-    async with asyncio.timeout(30):
-        while not condition():
-            await asyncio.sleep(0.005)
 
 
 class GatedTokenEndpoint:
