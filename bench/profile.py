@@ -1,7 +1,9 @@
 """Where agentsync-proxy spends its time under load: py-spy samples it while wrk drives
-`GET /v1/small` at 32 connections; prints the hottest functions, by own and by total time.
+`GET /v1/small` (at 32 connections unless told); prints the hottest functions, by own and by
+total time.
 
-Usage: .venv/bin/python bench/profile.py [--seconds 15] [--top 15] [--gil] [--keep FILE]
+Usage: .venv/bin/python bench/profile.py [--seconds 15] [--connections 32] [--top 15] [--gil]
+[--keep FILE]
 (needs py-spy in the venv: `.venv/bin/pip install py-spy`)"""
 
 from __future__ import annotations
@@ -51,14 +53,18 @@ def table(title: str, counts: Counter[str], samples: int, top: int) -> str:
     return "\n".join(rows)
 
 
-def record(seconds: int, gil: bool, output: Path, procs: Processes, root: Path) -> None:
+def record(
+    seconds: int, connections: int, gil: bool, output: Path, procs: Processes, root: Path
+) -> None:
     upstream = servers.start_upstream(procs, root)
     simulator_port = servers.start_simulator(procs, "simulator")
     proxy, port = servers.launch_agentsync_proxy(
         procs, "agentsync-proxy", simulator_port, upstream.port
     )
     processes.wait_for_ok(port, "/-/ready", proxy, "agentsync-proxy")
-    load = [tool("wrk"), "-t2", "-c32", f"-d{seconds + 4}s", url(port, "/v1/small")]
+    threads = min(connections, 2)
+    load = [tool("wrk"), f"-t{threads}", f"-c{connections}", f"-d{seconds + 4}s"]
+    load.append(url(port, "/v1/small"))
     wrk = subprocess.Popen(load, stdout=subprocess.DEVNULL)
     try:
         spy = [py_spy(), "record", "--pid", str(proxy.pid), "--duration", str(seconds)]
@@ -72,6 +78,7 @@ def record(seconds: int, gil: bool, output: Path, procs: Processes, root: Path) 
 def main() -> int:
     parser = argparse.ArgumentParser(description="py-spy profile of agentsync-proxy under wrk")
     parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--gil", action="store_true", help="only samples holding the GIL")
     parser.add_argument("--keep", type=Path, help="also keep py-spy's raw output here")
@@ -80,7 +87,7 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="agentsync-profile-"))
     try:
         with Processes(root) as procs:
-            record(args.seconds, args.gil, root / "profile.txt", procs, root)
+            record(args.seconds, args.connections, args.gil, root / "profile.txt", procs, root)
         collapsed = (root / "profile.txt").read_text()
         if args.keep is not None:
             args.keep.write_text(collapsed)
@@ -88,7 +95,8 @@ def main() -> int:
         shutil.rmtree(root, ignore_errors=True)
     own, total, samples = hot_spots(collapsed)
     which = "samples holding the GIL" if args.gil else "samples of busy threads"
-    print(f"{samples:,} {which}, agentsync-proxy at 32 connections on GET /v1/small\n")
+    at = f"{args.connections} connection{'s' if args.connections > 1 else ''}"
+    print(f"{samples:,} {which}, agentsync-proxy at {at} on GET /v1/small\n")
     print(table("own time (the function itself)", own, samples, args.top), end="\n\n")
     print(table("total time (with what it calls)", total, samples, args.top))
     return 0
