@@ -1,7 +1,7 @@
 """`make bench`: agentsync-proxy against a direct connection, nginx and a plain aiohttp proxy, in
 one run on loopback; prints a markdown table and writes it to bench/results.md.
 
-Usage: .venv/bin/python bench/run.py [--seconds 10] [--burst 1000] [--transfers 3]"""
+Usage: .venv/bin/python bench/run.py [--seconds 10] [--burst 1000] [--transfers 5]"""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 from importlib import metadata
@@ -38,7 +37,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=int, default=10, help="each wrk run (default 10)")
     parser.add_argument("--burst", type=int, default=1000, help="cold-start burst size")
-    parser.add_argument("--transfers", type=int, default=3, help="runs of each 1 GiB transfer")
+    parser.add_argument("--transfers", type=int, default=5, help="runs of each 1 GiB transfer")
     return parser.parse_args()
 
 
@@ -77,8 +76,9 @@ def settings(args: argparse.Namespace) -> list[str]:
         " JSON access log to a file, token from `agentsync-proxy simulator`.",
         "Upload sink: nginx streams the body (`proxy_request_buffering off`) to"
         " bench/upload_sink.py, which reads every byte before it answers 204.",
-        f"1 GiB transfers with curl (median of {args.transfers}); peak RSS is the proxy's"
-        " VmHWM, reset before each transfer, and a 10 ms VmRSS poll.",
+        "1 GiB transfers with curl, direct and through agentsync-proxy in turn (median of"
+        f" {args.transfers} each); peak RSS is the proxy's"
+        " VmHWM over each kind of transfer, and a 10 ms VmRSS poll.",
         f"Cold burst: a fresh simulator and proxy; {args.burst:,} GETs (aiohttp, one connection"
         " each) fired as soon as the port accepts; latency counted from the burst's start.",
     ]
@@ -93,10 +93,7 @@ def measure_load(results: Results, targets: dict[str, int], seconds: int) -> Non
             results.load[target, connections] = load.run_wrk(target_url, connections, seconds)
 
 
-def _median_transfer(runs: int, one: Callable[[], transfers.Transfer]) -> transfers.Transfer:
-    """The median of `runs` timed transfers, after one untimed (the first read of the sparse
-    file fills the page cache; the proxy opens its pooled connection)."""
-    done = [one() for _ in range(runs + 1)][1:]
+def _median(done: list[transfers.Transfer]) -> transfers.Transfer:
     for transfer in done:
         if transfer.status >= 300 or transfer.size != transfers.MIB * 1024:
             raise RuntimeError(f"a 1 GiB transfer failed: {transfer}")
@@ -106,17 +103,28 @@ def _median_transfer(runs: int, one: Callable[[], transfers.Transfer]) -> transf
 def measure_transfers(
     results: Results, upstream: servers.Upstream, proxy_port: int, proxy_pid: int, runs: int
 ) -> None:
-    for target, port in ((DIRECT, upstream.port), (AGENTSYNC, proxy_port)):
-        print(f"1 GiB transfers: {target}", flush=True)
-        with PeakRss(proxy_pid) as download_rss:
-            download = partial(transfers.download, url(port, "/v1/download"))
-            results.transfers["download", target] = _median_transfer(runs, download)
-        with PeakRss(proxy_pid) as upload_rss:
-            upload = partial(transfers.upload, url(port, "/v1/upload"), upstream.upload_file)
-            results.transfers["upload", target] = _median_transfer(runs, upload)
-        if target == AGENTSYNC:
-            results.peak_rss_kib["download"] = download_rss.peak_kib
-            results.peak_rss_kib["upload"] = upload_rss.peak_kib
+    """Each kind of 1 GiB transfer direct and through agentsync-proxy in turn, `runs` times
+    after one untimed pair (the first read of the sparse file fills the page cache; the proxy
+    opens its pooled connection): the machine's other load, which drifts over seconds, weighs
+    on both sides of the ratio alike."""
+    for kind, path in (("download", "/v1/download"), ("upload", "/v1/upload")):
+        print(f"1 GiB {kind}s: direct and agentsync-proxy in turn", flush=True)
+        one = {
+            target: (
+                partial(transfers.download, url(port, path))
+                if kind == "download"
+                else partial(transfers.upload, url(port, path), upstream.upload_file)
+            )
+            for target, port in ((DIRECT, upstream.port), (AGENTSYNC, proxy_port))
+        }
+        done: dict[str, list[transfers.Transfer]] = {DIRECT: [], AGENTSYNC: []}
+        with PeakRss(proxy_pid) as rss:
+            for _ in range(runs + 1):
+                for target, transfer in one.items():
+                    done[target].append(transfer())
+        for target, timed in done.items():
+            results.transfers[kind, target] = _median(timed[1:])
+        results.peak_rss_kib[kind] = rss.peak_kib
 
 
 def token_requests(simulator_port: int) -> int:
