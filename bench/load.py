@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import statistics
 import subprocess
 from dataclasses import dataclass
 
@@ -57,3 +58,14 @@ def run_wrk(url: str, connections: int, seconds: int) -> LoadResult:
     argv = [tool("wrk"), f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", url]
     done = subprocess.run(argv, capture_output=True, text=True, check=True)
     return parse_wrk(done.stdout)
+
+
+def median_of(runs: list[LoadResult]) -> LoadResult:
+    """Requests/s and each percentile: the median over the runs; requests and errors: all."""
+    return LoadResult(
+        requests_per_s=statistics.median(run.requests_per_s for run in runs),
+        p50_s=statistics.median(run.p50_s for run in runs),
+        p99_s=statistics.median(run.p99_s for run in runs),
+        requests=sum(run.requests for run in runs),
+        errors=sum(run.errors for run in runs),
+    )

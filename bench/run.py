@@ -1,7 +1,7 @@
 """`make bench`: agentsync-proxy against a direct connection, nginx and a plain aiohttp proxy, in
 one run on loopback; prints a markdown table and writes it to bench/results.md.
 
-Usage: .venv/bin/python bench/run.py [--seconds 10] [--burst 1000] [--transfers 5]"""
+Usage: .venv/bin/python bench/run.py [--seconds 4] [--rounds 3] [--burst 1000] [--transfers 5]"""
 
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ WARM_UP_SECONDS = 2
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--seconds", type=int, default=10, help="each wrk run (default 10)")
+    parser.add_argument("--seconds", type=int, default=4, help="each wrk run (default 4)")
+    parser.add_argument("--rounds", type=int, default=3, help="wrk runs of each target, in turn")
     parser.add_argument("--burst", type=int, default=1000, help="cold-start burst size")
     parser.add_argument("--transfers", type=int, default=5, help="runs of each 1 GiB transfer")
     return parser.parse_args()
@@ -63,8 +64,9 @@ def machine() -> list[str]:
 def settings(args: argparse.Namespace) -> list[str]:
     return [
         f"`GET /v1/small` ({len(nginx_config.SMALL_BODY)}-byte JSON) with wrk"
-        f" `--latency`: {args.seconds} s a run after a {WARM_UP_SECONDS} s warm-up,"
-        " 1 thread at 1 connection, 2 threads at 32.",
+        f" `--latency`, 1 thread at 1 connection, 2 threads at 32: after a {WARM_UP_SECONDS} s"
+        f" warm-up of each, {args.rounds} rounds in which every column runs {args.seconds} s in"
+        " turn; each figure is the median of its rounds.",
         "Ratios are agentsync-proxy's value divided by the column's: below 1x is fewer"
         " requests/s or less throughput; above 1x is more latency.",
         "Everything runs on the same CPUs over loopback: wrk, both nginx, the proxies. p99 at"
@@ -84,13 +86,21 @@ def settings(args: argparse.Namespace) -> list[str]:
     ]
 
 
-def measure_load(results: Results, targets: dict[str, int], seconds: int) -> None:
+def measure_load(results: Results, targets: dict[str, int], seconds: int, rounds: int) -> None:
+    """Every target in turn, `rounds` times at each number of connections; each figure is the
+    median of its rounds, so that the machine's other load, which drifts over seconds, weighs
+    on every column alike."""
     for target, port in targets.items():
-        target_url = url(port, "/v1/small")
-        print(f"wrk: {target}", flush=True)
-        load.run_wrk(target_url, 32, WARM_UP_SECONDS)
-        for connections in (1, 32):
-            results.load[target, connections] = load.run_wrk(target_url, connections, seconds)
+        print(f"wrk: warming up {target}", flush=True)
+        load.run_wrk(url(port, "/v1/small"), 32, WARM_UP_SECONDS)
+    for connections in (1, 32):
+        runs: dict[str, list[load.LoadResult]] = {target: [] for target in targets}
+        for round_number in range(rounds):
+            print(f"wrk: {connections} connection(s), round {round_number + 1}", flush=True)
+            for target, port in targets.items():
+                runs[target].append(load.run_wrk(url(port, "/v1/small"), connections, seconds))
+        for target, done in runs.items():
+            results.load[target, connections] = load.median_of(done)
 
 
 def _median(done: list[transfers.Transfer]) -> transfers.Transfer:
@@ -176,7 +186,7 @@ def run(args: argparse.Namespace, procs: Processes, root: Path) -> Results:
         PLAIN: plain_port,
         AGENTSYNC: proxy_port,
     }
-    measure_load(results, targets, args.seconds)
+    measure_load(results, targets, args.seconds, args.rounds)
     measure_transfers(results, upstream, proxy_port, proxy.pid, args.transfers)
     results.token_requests_steady = token_requests(simulator_port)
     procs.stop(proxy)
