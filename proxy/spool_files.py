@@ -9,8 +9,8 @@ unused for IDLE seconds is freed by a worker thread. A spool reads back only the
 itself, never what an earlier body left beyond them.
 
 Writes go through the kernel's own asynchronous I/O (proxy.kernel_aio) where the file takes
-O_DIRECT: with a worker thread per block, the thread hand-offs and their waits for the GIL cost
-the benchmark's uploads 28,000 context switches and 0.1 s of CPU a GiB. Elsewhere, and for any
+O_DIRECT: with a worker thread per block, the hand-offs and the threads' waits for the GIL cost
+the benchmark's uploads 9,500 context switches and 0.1 s of CPU a GiB. Elsewhere, and for any
 write the kernel will not start, a worker thread writes the block."""
 
 from __future__ import annotations
@@ -114,6 +114,8 @@ class SpoolFiles:
             self._free(spooled)
         if self._aio is not None:
             self._aio.close()
+            self._aio = None  # any later write goes to a thread
+        self._try_aio = False
         if self._freeing:
             await asyncio.wait(set(self._freeing))
 
