@@ -66,16 +66,13 @@ def create_app(
         app[SPOOL_FILES] = spool_files = SpoolFiles()
         metrics.track_token_expiry(tokens.seconds_left)
         refresher = asyncio.get_running_loop().create_task(tokens.run())
-        try:
+        async with contextlib.AsyncExitStack() as closing:  # each closes, whatever the others do
+            closing.push_async_callback(spool_files.close)
+            closing.push_async_callback(token_session.close)
+            closing.push_async_callback(upstream.close)
+            closing.push_async_callback(tokens.close)
+            closing.push_async_callback(_stopped, refresher)  # the first to run
             yield
-        finally:
-            refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresher
-            await tokens.close()
-            await upstream.close()
-            await token_session.close()
-            await spool_files.close()
 
     async def on_shutdown(app: web.Application) -> None:
         app[SHUTTING_DOWN].set()
@@ -85,6 +82,12 @@ def create_app(
     operations.add_routes(app)
     app.router.add_route("*", "/{tail:.*}", forward, expect_handler=continue_later)
     return app
+
+
+async def _stopped(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def continue_later(request: web.Request) -> None:

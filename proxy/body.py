@@ -44,7 +44,7 @@ class Spool:
         self._blocks = 0  # whole blocks handed to the file
         self._writes: deque[tuple[asyncio.Future[Any], mmap.mmap]] = deque()  # oldest first
         self._jobs: set[asyncio.Future[Any]] = set()  # writing or reading, not yet ended
-        self._abandoned = False  # closed while a job still used it
+        self._closing = False  # from then on, the last job to end gives the file back
         self._released = False
 
     async def append(self, chunk: bytes) -> None:
@@ -76,11 +76,11 @@ class Spool:
 
     async def close(self) -> None:
         """Give the file back once no job uses it."""
+        self._closing = True
         try:
             if self._jobs:
                 await asyncio.wait(set(self._jobs))
         except asyncio.CancelledError:
-            self._abandoned = True  # the last job to end gives the file back
             self._release()
             raise
         self._release()
@@ -109,7 +109,7 @@ class Spool:
         self._jobs.discard(job)
         if not job.cancelled():
             job.exception()  # seen: whoever awaits the job still gets its error
-        if self._abandoned:
+        if self._closing:
             self._release()
 
     def _release(self) -> None:

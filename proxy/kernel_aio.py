@@ -67,7 +67,8 @@ class _Timespec(ctypes.Structure):
 
 
 class KernelAio:
-    """One kernel AIO context of the running event loop, for up to `depth` writes in flight."""
+    """One kernel AIO context of the running event loop, for `depth` writes in flight at least
+    (the kernel may take more)."""
 
     def __init__(self, syscall: Any, calls: _Calls, context: ctypes.c_ulong, eventfd: int) -> None:
         self._syscall = syscall
@@ -81,8 +82,11 @@ class KernelAio:
 
     @classmethod
     def open(cls, depth: int) -> KernelAio | None:
-        calls = _CALLS.get(platform.machine())
-        if not sys.platform.startswith("linux") or calls is None or sys.byteorder != "little":
+        calls = _CALLS.get(platform.machine())  # the kernel's processor, so also:
+        is_64_bit = ctypes.sizeof(ctypes.c_void_p) == 8  # a 32-bit Python numbers them apart
+        if not sys.platform.startswith("linux") or calls is None or not is_64_bit:
+            return None
+        if sys.byteorder != "little":
             return None
         try:
             syscall = ctypes.CDLL(None, use_errno=True).syscall
@@ -123,38 +127,47 @@ class KernelAio:
         return written
 
     def close(self) -> None:
-        """Wait for the writes still in flight (a few blocks at most), settle their futures and
-        release the context."""
+        """Wait for the writes still in flight (the kernel would wait for them too), settle
+        their futures and release the context."""
         if self._eventfd < 0:
             return
         self._loop.remove_reader(self._eventfd)
-        while self._writing:
-            self._collect(wait=True)
-        self._syscall(self._calls.destroy, self._context)
-        os.close(self._eventfd)
-        self._eventfd = -1
+        try:
+            while self._writing:
+                self._collect(wait=True)
+        finally:
+            self._syscall(self._calls.destroy, self._context)
+            os.close(self._eventfd)
+            self._eventfd = -1
 
     def _collect(self, wait: bool = False) -> None:
-        """Settle the futures of the writes that have ended."""
+        """Settle the futures of the writes that have ended. Should the kernel fail to report
+        them, every write in flight fails, rather than wait for a wake-up that cannot come."""
         if not wait:
             try:
                 os.eventfd_read(self._eventfd)
             except BlockingIOError:
                 return
         events = (_IoEvent * max(len(self._writing), 1))()
-        got = self._syscall(
-            self._calls.getevents,
-            self._context,
-            ctypes.c_long(1 if wait else 0),
-            ctypes.c_long(len(events)),
-            events,
-            None if wait else ctypes.byref(_Timespec(0, 0)),
-        )
+        while True:
+            got = self._syscall(
+                self._calls.getevents,
+                self._context,
+                ctypes.c_long(1 if wait else 0),
+                ctypes.c_long(len(events)),
+                events,
+                None if wait else ctypes.byref(_Timespec(0, 0)),
+            )
+            if got >= 0 or ctypes.get_errno() != errno.EINTR:
+                break
         if got < 0:
             code = ctypes.get_errno()
-            if code == errno.EINTR:
-                return
-            raise OSError(code, os.strerror(code))
+            lost = list(self._writing.values())
+            self._writing.clear()
+            for unreported in lost:
+                if not unreported.done():
+                    unreported.set_exception(OSError(code, os.strerror(code)))
+            return
         for event in events[:got]:
             written = self._writing.pop(event.data, None)
             if written is None or written.done():

@@ -31,7 +31,7 @@ from proxy.kernel_aio import KernelAio
 KEEP = 4  # files kept for the next bodies
 IDLE = 30.0  # seconds a kept file waits for a body before it is freed
 GROWTH = 64 << 20  # the file is lengthened ahead of the writes by this much
-DEPTH = 64  # writes in flight at once through the kernel; more go to threads
+DEPTH = 64  # writes in flight at once through the kernel at least; beyond what it takes, threads
 
 
 @dataclass(eq=False)
@@ -132,10 +132,14 @@ class SpoolFiles:
             # The file system took O_DIRECT but refuses its writes: a thread writes the block
             # through the page cache, and so are the next ones.
             spooled.direct = False
-            again = asyncio.get_running_loop().run_in_executor(
-                None, _write_block, spooled, block, offset
-            )
-            again.add_done_callback(lambda ended: _settle(written, ended.exception()))
+            try:
+                again = asyncio.get_running_loop().run_in_executor(
+                    None, _write_block, spooled, block, offset
+                )
+            except RuntimeError as exc:  # the loop's executor is shut down: the process ends
+                _settle(written, exc)
+                return
+            again.add_done_callback(lambda ended: _settle(written, _error_of(ended)))
             return
         if error is None and started.result() != len(block):
             error = OSError(errno.ENOSPC, "the request body's temporary file could not be written")
@@ -167,6 +171,10 @@ class SpoolFiles:
             return
         self._freeing.add(freeing)
         freeing.add_done_callback(self._freeing.discard)
+
+
+def _error_of(ended: asyncio.Future[Any]) -> BaseException | None:
+    return asyncio.CancelledError() if ended.cancelled() else ended.exception()
 
 
 def _settle(written: asyncio.Future[None], error: BaseException | None) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -24,17 +25,35 @@ def direct_file() -> Iterator[int]:
         yield file.fileno()
 
 
-def opened() -> KernelAio:
-    aio = KernelAio.open(8)
-    if aio is None:
+pytestmark = pytest.mark.uvloop_too
+
+
+@pytest.fixture
+async def aio() -> AsyncIterator[KernelAio]:
+    opened = KernelAio.open(8)
+    if opened is None:
         pytest.skip("no kernel AIO on this system")
-    return aio
+    try:
+        yield opened
+    finally:
+        opened.close()
 
 
 def filled(byte: bytes) -> mmap.mmap:
     block = mmap.mmap(-1, BLOCK)
     block.write(byte * BLOCK)
     return block
+
+
+def refuses_unaligned(fd: int) -> bool:
+    """Whether O_DIRECT here refuses a write from an unaligned address (ext4 and XFS do; some
+    file systems quietly go through the page cache instead)."""
+    block = filled(b"p")
+    try:
+        os.pwrite(fd, memoryview(block)[1:], 0)
+    except OSError as exc:
+        return exc.errno == errno.EINVAL
+    return False
 
 
 def contents(fd: int) -> bytes:
@@ -44,18 +63,19 @@ def contents(fd: int) -> bytes:
     return buffer[:]
 
 
-async def test_writes_end_with_their_count_and_land_where_asked(direct_file: int) -> None:
-    aio = opened()
+async def test_writes_end_with_their_count_and_land_where_asked(
+    direct_file: int, aio: KernelAio
+) -> None:
     blocks = [filled(b"a"), filled(b"b")]
     first = aio.write(direct_file, address_of(blocks[0]), BLOCK, 2 * BLOCK)
     second = aio.write(direct_file, address_of(blocks[1]), BLOCK, 0)
     assert (await first, await second) == (BLOCK, BLOCK)
-    aio.close()
     assert contents(direct_file) == b"b" * BLOCK + bytes(BLOCK) + b"a" * BLOCK + bytes(BLOCK)
 
 
-async def test_closing_waits_for_the_writes_in_flight_and_settles_them(direct_file: int) -> None:
-    aio = opened()
+async def test_closing_waits_for_the_writes_in_flight_and_settles_them(
+    direct_file: int, aio: KernelAio
+) -> None:
     blocks = [filled(bytes([65 + n])) for n in range(4)]
     writes = [
         aio.write(direct_file, address_of(block), BLOCK, n * BLOCK)
@@ -66,11 +86,13 @@ async def test_closing_waits_for_the_writes_in_flight_and_settles_them(direct_fi
     assert contents(direct_file) == b"".join(bytes([65 + n]) * BLOCK for n in range(4))
 
 
-async def test_a_write_the_kernel_refuses_fails_with_its_reason(direct_file: int) -> None:
-    aio = opened()
+async def test_a_write_the_kernel_refuses_fails_with_its_reason(
+    direct_file: int, aio: KernelAio
+) -> None:
+    if not refuses_unaligned(direct_file):
+        pytest.skip("this file system takes unaligned O_DIRECT writes")
     block = filled(b"u")
     unaligned = aio.write(direct_file, address_of(block) + 1, BLOCK - 1, 0)  # O_DIRECT refuses it
     with pytest.raises(OSError) as refused:
         await unaligned
-    aio.close()
-    assert refused.value.errno == 22  # EINVAL
+    assert refused.value.errno == errno.EINVAL
