@@ -36,6 +36,8 @@ DEPTH = 64  # writes in flight at once through the kernel at least; beyond what 
 
 @dataclass(eq=False)
 class SpoolFile:
+    """One unnamed temporary file, lent to one spool at a time."""
+
     file: IO[bytes]
     direct: bool  # written past the page cache (O_DIRECT)
     size: int = 0  # the file's length: writes below it do not lengthen the file
@@ -127,6 +129,9 @@ class SpoolFiles:
         block: mmap.mmap,
         offset: int,
     ) -> None:
+        if started.cancelled():
+            written.cancel()
+            return
         error = started.exception()
         if isinstance(error, OSError) and error.errno == errno.EINVAL:
             # The file system took O_DIRECT but refuses its writes: a thread writes the block
@@ -139,7 +144,7 @@ class SpoolFiles:
             except RuntimeError as exc:  # the loop's executor is shut down: the process ends
                 _settle(written, exc)
                 return
-            again.add_done_callback(lambda ended: _settle(written, _error_of(ended)))
+            again.add_done_callback(lambda ended: _settle_as(written, ended))
             return
         if error is None and started.result() != len(block):
             error = OSError(errno.ENOSPC, "the request body's temporary file could not be written")
@@ -173,8 +178,11 @@ class SpoolFiles:
         freeing.add_done_callback(self._freeing.discard)
 
 
-def _error_of(ended: asyncio.Future[Any]) -> BaseException | None:
-    return asyncio.CancelledError() if ended.cancelled() else ended.exception()
+def _settle_as(written: asyncio.Future[None], ended: asyncio.Future[Any]) -> None:
+    if ended.cancelled():
+        written.cancel()
+    else:
+        _settle(written, ended.exception())
 
 
 def _settle(written: asyncio.Future[None], error: BaseException | None) -> None:
@@ -187,10 +195,12 @@ def _settle(written: asyncio.Future[None], error: BaseException | None) -> None:
 
 
 def address_of(block: mmap.mmap) -> int:
+    """Where the block's memory starts, for the kernel to write from."""
     return ctypes.addressof(ctypes.c_char.from_buffer(block))
 
 
 def bypass_page_cache(fd: int) -> bool:
+    """Turn on O_DIRECT for the file; whether the file system took it."""
     with contextlib.suppress(OSError, AttributeError):  # not on this file system, or system
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_DIRECT)
         return True
