@@ -80,10 +80,8 @@ class Spool:
         try:
             if self._jobs:
                 await asyncio.wait(set(self._jobs))
-        except asyncio.CancelledError:
-            self._release()
-            raise
-        self._release()
+        finally:
+            self._release()  # if cancelled with jobs left, the last of them releases
 
     async def _write_block(self) -> None:
         if not self._spare:

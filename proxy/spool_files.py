@@ -91,8 +91,9 @@ class SpoolFiles:
         if aio is not None:
             try:
                 if end > spooled.size:  # a write that lengthens the file would wait for the disk
-                    os.ftruncate(spooled.fd, max(end, spooled.size + GROWTH))
-                    spooled.size = max(end, spooled.size + GROWTH)
+                    length = max(end, spooled.size + GROWTH)
+                    os.ftruncate(spooled.fd, length)
+                    spooled.size = length
                 started = aio.write(spooled.fd, address_of(block), len(block), offset)
             except OSError:
                 pass  # the kernel will not start it (too many in flight): a thread writes it

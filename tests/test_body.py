@@ -95,6 +95,21 @@ async def loop_turns(count: int = 5) -> None:
         await asyncio.sleep(0)
 
 
+async def cancelled_then_closed(
+    task: asyncio.Task[Any], spool: Spool, gated: GatedExecutor
+) -> None:
+    """Cancel the request's `task` while its job waits at the gate, close the spool with the
+    job still running, then let the job and every thread end."""
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    closing = asyncio.create_task(spool.close())
+    await asyncio.sleep(0)  # close() is under way while the job still holds the file
+    gated.gate.set()
+    await closing
+    gated.shutdown(wait=True)  # whatever the threads still had to do is done
+
+
 async def content(spool: Spool) -> bytes:
     return b"".join([chunk async for chunk in spool.read()])
 
@@ -125,14 +140,7 @@ async def test_closing_waits_for_a_write_that_a_cancelled_request_left_running(
     spool = Spool(BLOCK, threads_only)
     appending = asyncio.create_task(spool.append(b"x" * (8 * BLOCK)))  # more than its buffers
     await gated.started.wait()  # a write has started in its thread
-    appending.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await appending
-    closing = asyncio.create_task(spool.close())
-    await asyncio.sleep(0)  # close() is under way while the write still holds the file
-    gated.gate.set()
-    await closing
-    gated.shutdown(wait=True)  # whatever the threads still had to do is done
+    await cancelled_then_closed(appending, spool, gated)
     assert gated.errors == []  # every write found its file and buffer open
     assert temporary_files() == before
 
@@ -149,14 +157,7 @@ async def test_closing_waits_for_a_read_that_a_cancelled_replay_left_running(
     gated.started.clear()
     reading = asyncio.create_task(content(spool))
     await gated.started.wait()  # a read has started in its thread
-    reading.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await reading
-    closing = asyncio.create_task(spool.close())
-    await asyncio.sleep(0)
-    gated.gate.set()
-    await closing
-    gated.shutdown(wait=True)  # whatever the threads still had to do is done
+    await cancelled_then_closed(reading, spool, gated)
     assert gated.errors == []
     assert temporary_files() == before
 
