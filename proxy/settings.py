@@ -70,6 +70,14 @@ class Settings:
     ca_bundle: Path | None = None
     shutdown_timeout: float = 25.0
     workers: int = 1
+    max_connections: int = 100
+    api_requests_per_minute: int | None = None  # a fixed cap, on top of auto pacing
+    pacing: str = "auto"  # auto: by what the upstream announces; off: nothing held
+    rate_limit_wait: float = 30.0
+    rewrite_links: bool = True
+    link_origins: tuple[str, ...] = ()
+    redis_url: Secret | None = None
+    redis_password_file: Path | None = None
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
@@ -255,6 +263,39 @@ def _url(value: object) -> str:
     return text
 
 
+def _pacing(value: object) -> tuple[str, int | None]:
+    """auto, off, or a number N (auto pacing plus a cap of N a minute)."""
+    text = _text(value).lower()
+    if text in ("auto", "off"):
+        return text, None
+    try:
+        return "auto", _count(text)
+    except ValueError:
+        raise ValueError(f"{value!r} is not auto, off or a whole number of at least 1") from None
+
+
+def _on_off(value: object) -> bool:
+    try:
+        return _bool(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not on or off") from None
+
+
+def _redis_url(value: object) -> Secret:
+    """redis:// or rediss://; kept as a Secret, since it may hold a password."""
+    text = _nonempty(value)
+    try:
+        url = URL(text)
+    except ValueError:
+        url = URL()
+    if url.scheme not in ("redis", "rediss") or not url.host:
+        raise ValueError(
+            f"{_masked(text)!r} is not a redis:// or rediss:// URL (for example"
+            " rediss://redis.internal:6380/0)"
+        )
+    return Secret(text)
+
+
 def _log_level(value: object) -> str:
     return _choice("debug", "info", "warning", "error", "critical")(value)
 
@@ -397,6 +438,56 @@ OPTIONS: tuple[Option, ...] = (
         metavar="SECONDS",
     ),
     Option("workers", "AGENTSYNC_PROXY_WORKERS", _count, "processes sharing the port", metavar="N"),
+    Option(
+        "max_connections",
+        "AGENTSYNC_PROXY_MAX_CONNECTIONS",
+        _count,
+        "upstream connections open at once",
+        metavar="N",
+    ),
+    Option(
+        "api_requests_per_minute",
+        "AGENTSYNC_PROXY_API_REQUESTS_PER_MINUTE",
+        _pacing,
+        "pace API requests: auto (by the upstream's ratelimit headers), N (auto and a cap of"
+        " N a minute) or off",
+        metavar="auto|N|off",
+    ),
+    Option(
+        "rate_limit_wait",
+        "AGENTSYNC_PROXY_RATE_LIMIT_WAIT",
+        _seconds_or_zero,
+        "longest a request may be held for the rate limit",
+        metavar="SECONDS",
+    ),
+    Option(
+        "rewrite_links",
+        "AGENTSYNC_PROXY_REWRITE_LINKS",
+        _on_off,
+        "rewrite the API's absolute links in JSON answers to the proxy",
+        metavar="on|off",
+    ),
+    Option(
+        "link_origins",
+        "AGENTSYNC_PROXY_LINK_ORIGINS",
+        _origins,
+        "more origins whose links come back through the proxy",
+        metavar="URL,...",
+    ),
+    Option(
+        "redis_url",
+        "AGENTSYNC_PROXY_REDIS_URL",
+        _redis_url,
+        "Redis shared by a fleet of proxies",
+        metavar="URL",
+    ),
+    Option(
+        "redis_password_file",
+        "AGENTSYNC_PROXY_REDIS_PASSWORD_FILE",
+        _path,
+        "file holding the Redis password",
+        metavar="PATH",
+    ),
 )
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 _TOML_KEYS = {option.name for option in OPTIONS if option.flag and option.name != "config"}
@@ -458,6 +549,7 @@ def load_settings(flags: Mapping[str, object], environ: Mapping[str, str]) -> Se
             if key not in values:
                 take(OPTIONS_BY_NAME[key], raw, f"{values['config']}: {key}")
     values.pop("config", None)
+    problems.extend(egress_proxy_problems(environ))
     settings = _complete(values, sources, problems)
     if problems or settings is None:
         raise ConfigError(problems)
@@ -539,6 +631,8 @@ def _complete(
             f" {workers} (one token request a minute each), not {cap}: lower --workers or raise"
             " the cap"
         )
+    if "api_requests_per_minute" in values:
+        values["pacing"], values["api_requests_per_minute"] = values["api_requests_per_minute"]
     ca_bundle: Path | None = values.get("ca_bundle")
     problem = _ca_bundle_problem(ca_bundle) if ca_bundle is not None else None
     if problem:
@@ -547,6 +641,26 @@ def _complete(
     if problems:
         return None
     return Settings(**values, warnings=tuple(warnings))
+
+
+def egress_proxy_problems(environ: Mapping[str, str]) -> list[str]:
+    """An egress proxy named by HTTP(S)_PROXY must be a URL the HTTP client can use: without a
+    scheme it would be ignored, and the client speaks no SOCKS, so requests would go direct."""
+    problems = []
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        text = environ.get(name, "").strip()
+        if not text:
+            continue
+        try:
+            url = URL(text)
+        except ValueError:
+            url = URL()
+        if url.scheme not in ("http", "https") or not url.host:
+            problems.append(
+                f"{name}: {_masked(text)!r} is not an http:// or https:// proxy URL (for example"
+                " http://proxy.internal:3128; SOCKS proxies are not supported)"
+            )
+    return problems
 
 
 def _url_problem(url: str, *, api: bool) -> str | None:

@@ -10,6 +10,7 @@ import trustme
 
 from proxy.cli import main
 from proxy.settings import ConfigError, Settings, load_settings
+from tests.cli_process import run_cli
 
 BASE_ENV = {"AGENTSYNC_CLIENT_ID": "id", "AGENTSYNC_CLIENT_SECRET": "env-secret-value"}
 
@@ -382,3 +383,55 @@ def test_cli_reports_problems_one_per_line_with_exit_2(capsys: pytest.CaptureFix
     assert len(lines) == 4  # listen, environment, client id, client secret
     assert all(line.startswith("agentsync-proxy: ") for line in lines)
     assert "Traceback" not in err
+
+
+def test_rate_limit_link_and_fleet_defaults() -> None:
+    settings = load_settings({}, BASE_ENV)
+    assert (settings.pacing, settings.api_requests_per_minute) == ("auto", None)
+    assert settings.rate_limit_wait == 30.0
+    assert (settings.rewrite_links, settings.link_origins) == (True, ())
+    assert (settings.max_connections, settings.redis_url) == (100, None)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("auto", ("auto", None)), ("off", ("off", None)), ("120", ("auto", 120))]
+)
+def test_api_requests_per_minute_is_auto_off_or_a_cap(
+    text: str, expected: tuple[str, int | None]
+) -> None:
+    settings = load_settings({"api_requests_per_minute": text}, BASE_ENV)
+    assert (settings.pacing, settings.api_requests_per_minute) == expected
+
+
+def test_rate_limit_settings_report_each_bad_value_on_its_own_line() -> None:
+    environ = {
+        **BASE_ENV,
+        "AGENTSYNC_PROXY_API_REQUESTS_PER_MINUTE": "-5",
+        "AGENTSYNC_PROXY_RATE_LIMIT_WAIT": "soon",
+        "AGENTSYNC_PROXY_REWRITE_LINKS": "maybe",
+        "AGENTSYNC_PROXY_MAX_CONNECTIONS": "0",
+    }
+    assert problems({}, environ) == [
+        "AGENTSYNC_PROXY_MAX_CONNECTIONS: '0' is not a whole number of at least 1",
+        "AGENTSYNC_PROXY_API_REQUESTS_PER_MINUTE: '-5' is not auto, off or a whole number"
+        " of at least 1",
+        "AGENTSYNC_PROXY_RATE_LIMIT_WAIT: 'soon' is not a number of seconds",
+        "AGENTSYNC_PROXY_REWRITE_LINKS: 'maybe' is not on or off",
+    ]
+
+
+def test_a_redis_url_is_kept_secret_and_checked() -> None:
+    url = "rediss://:hunter2@redis.internal:6380/0"
+    settings = load_settings({"redis_url": url}, BASE_ENV)
+    assert settings.redis_url is not None and settings.redis_url.reveal() == url
+    assert "hunter2" not in repr(settings)
+    [problem] = problems({"redis_url": "http://:hunter2@redis.internal"}, BASE_ENV)
+    assert problem.startswith("--redis-url: 'http://***@redis.internal' is not a redis://")
+
+
+@pytest.mark.parametrize("value", ["proxy.internal:3128", "socks5://proxy.internal:1080"])
+async def test_egress_proxy_without_scheme_is_refused_at_start(value: str) -> None:
+    result = await run_cli("serve", env={**BASE_ENV, "HTTPS_PROXY": value})
+    assert result.status == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"agentsync-proxy: HTTPS_PROXY: {value!r} is not an http:// or https://")
