@@ -21,13 +21,11 @@ from proxy.errors import (
     error_response,
     upstream_failure,
 )
-from proxy.keys import CLIENT, METRICS, SETTINGS, SHUTTING_DOWN, SPOOL_FILES, TOKENS, UPSTREAM
+from proxy.keys import CLIENT, METRICS, SETTINGS, SHUTTING_DOWN, TOKENS, UPSTREAM
 from proxy.metrics import Metrics
 from proxy.replay import send_with_replay
 from proxy.settings import Settings
-from proxy.spool_files import SpoolFiles
 from proxy.tokens import TokenFetcher, TokenSource
-from proxy.upstream_client import ClientError
 
 log = structlog.get_logger("proxy")
 
@@ -46,7 +44,7 @@ def create_app(
     app[METRICS] = metrics = Metrics()
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        upstream = clients.upstream_client(settings)
+        upstream = clients.upstream_session(settings)
         token_session = clients.token_session(settings)
         fetcher: TokenFetcher = (
             token_fetcher(token_session)
@@ -63,11 +61,9 @@ def create_app(
         )
         app[CLIENT] = upstream
         app[TOKENS] = tokens
-        app[SPOOL_FILES] = spool_files = SpoolFiles()
         metrics.track_token_expiry(tokens.seconds_left)
         refresher = asyncio.get_running_loop().create_task(tokens.run())
         async with contextlib.AsyncExitStack() as closing:  # each closes, whatever the others do
-            closing.push_async_callback(spool_files.close)
             closing.push_async_callback(token_session.close)
             closing.push_async_callback(upstream.close)
             closing.push_async_callback(tokens.close)
@@ -110,7 +106,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
     body: CapturedBody | None = None
     try:
         upstream = app[UPSTREAM]
-        target = upstream.target(request.raw_path)
+        url = upstream.url(request.raw_path)
         if request.body_exists:
             if (request.content_length or 0) > settings.max_body_size:
                 raise RequestTooLarge(too_large_description(settings.max_body_size))
@@ -120,7 +116,6 @@ async def forward(request: web.Request) -> web.StreamResponse:
                 max_size=settings.max_body_size,
                 threshold=settings.spool_threshold,
                 timeout=settings.client_timeout,
-                files=app[SPOOL_FILES],
             )
             length = request.content_length
             if length is None or length <= forwarding.SMALL_BODY:
@@ -132,15 +127,17 @@ async def forward(request: web.Request) -> web.StreamResponse:
             exchange.request_id,
             _length(request, body),
         )
-        client = app[CLIENT]
+        session = app[CLIENT]
         sent_at = time.perf_counter()
         try:
             answer = await send_with_replay(
-                lambda token: forwarding.send(client, request.method, target, headers, body, token),
+                lambda token: forwarding.send(session, request.method, url, headers, body, token),
                 app[TOKENS],
                 exchange.replaying,
             )
-        except ClientError as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            if body is not None and body.failure is not None:
+                raise body.failure from None  # the client's side failed, not the upstream
             log.warning("upstream_failed", request_id=exchange.request_id, exc_info=exc)
             raise upstream_failure(exc, upstream.origin) from None
         exchange.upstream_seconds = time.perf_counter() - sent_at

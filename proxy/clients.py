@@ -1,5 +1,5 @@
-"""The proxy's two HTTP clients, each a single pool for the life of the process: our lean client
-for the API (proxy.upstream_client), an aiohttp session for the token endpoint."""
+"""The proxy's two HTTP clients, aiohttp sessions each with one pool for the life of the
+process: one for the API, one for the token endpoint."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ from yarl import URL
 
 from proxy.settings import Settings
 from proxy.token_endpoint import TokenEndpoint
-from proxy.upstream_client import UpstreamClient
+
+KEEPALIVE = 30.0  # seconds an idle upstream connection stays in the pool
+# Headers aiohttp would add on its own; the client's own, if it sent them, still pass.
+NOT_ADDED = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext:
@@ -33,13 +36,24 @@ def env_proxy(url: str) -> str | None:
     return proxies.get(parsed.scheme)
 
 
-def upstream_client(settings: Settings) -> UpstreamClient:
-    """Must be created inside the running event loop."""
-    return UpstreamClient(
-        settings.api_base_url,
-        ssl_context=ssl_context(settings),
-        connect_timeout=settings.connect_timeout,
-        timeout=settings.upstream_timeout,
+def upstream_session(settings: Settings) -> aiohttp.ClientSession:
+    """Must be created inside the running event loop. Answers pass through as they are (not
+    decompressed), cookies are not kept, and nothing times out a long answer that keeps
+    flowing: only no connection within --connect-timeout, or no byte for --upstream-timeout."""
+    connector = aiohttp.TCPConnector(
+        limit=settings.max_connections,
+        limit_per_host=settings.max_connections,
+        keepalive_timeout=KEEPALIVE,
+        ssl=ssl_context(settings),
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(
+            total=None, sock_connect=settings.connect_timeout, sock_read=settings.upstream_timeout
+        ),
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=NOT_ADDED,
         proxy=env_proxy(settings.api_base_url),
     )
 

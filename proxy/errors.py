@@ -119,13 +119,13 @@ class MethodNotAllowed(ProxyError):
 
 
 def upstream_failure(exc: BaseException, upstream: str) -> ProxyError:
-    """Map a failure of the upstream exchange before its answer's headers (a
-    proxy.upstream_client.ClientError) to its gateway error."""
-    if isinstance(exc, TimeoutError):
+    """Map a failure of the upstream exchange before its answer's headers (an aiohttp
+    ClientError, or a timeout) to its gateway error."""
+    if isinstance(exc, TimeoutError):  # aiohttp's connect and read timeouts are TimeoutErrors
         return UpstreamTimeout(
             f"{upstream} did not answer in time; raise --upstream-timeout if the call is slow"
         )
-    reason = type(exc.__cause__ or exc).__name__
+    reason = type(exc).__name__
     return UpstreamUnreachable(
         f"{upstream} could not be reached ({reason}); check --api-base-url and the network"
     )

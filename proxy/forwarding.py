@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
@@ -16,7 +17,6 @@ from proxy.body import CapturedBody
 from proxy.errors import AuthHostRefused, BadRequest, TargetNotAllowed, upstream_broke_off
 from proxy.settings import is_auth_host
 from proxy.token_endpoint import Token
-from proxy.upstream_client import BodyBrokeOff, Response, UpstreamClient
 
 # RFC 9110 7.6.1, plus the proxy-only fields; names are compared in lower case.
 HOP_BY_HOP = frozenset(
@@ -38,6 +38,8 @@ _REQUEST_DROPPED = HOP_BY_HOP | REQUEST_OWN
 _RESPONSE_DROPPED = HOP_BY_HOP | {"x-request-id"}  # the client gets the proxy's request id
 # Answers up to this size, with a Content-Length, are read whole and sent in one write.
 SMALL_BODY = 64 * 1024
+# An answer's body that stops before its end, or stalls for the upstream timeout.
+BODY_BROKE_OFF = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError)
 _ABSOLUTE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)(.*)", re.DOTALL)
 Headers = CIMultiDictProxy[str] | CIMultiDict[str]
 
@@ -92,6 +94,10 @@ class Upstream:
         base = base_url.rstrip("/")
         return cls(base=base, host=(url.raw_host or "").lower(), origin=str(url.origin()))
 
+    def url(self, raw_target: str) -> URL:
+        """The upstream URL of the client's target, kept byte for byte, or a ProxyError."""
+        return URL(self.base + self.target(raw_target), encoded=True)
+
     def target(self, raw_target: str) -> str:
         """The origin-form target to append to the base URL, or a ProxyError."""
         if raw_target.startswith("/"):
@@ -131,22 +137,28 @@ def bearer(token: Token) -> str:
 
 
 async def send(
-    client: UpstreamClient,
+    session: aiohttp.ClientSession,
     method: str,
-    target: str,
+    url: URL,
     headers: list[tuple[str, str]],
     body: CapturedBody | None,
     token: Token,
-) -> Response:
-    """Send to the API base path + `target`, kept as given: the client concatenates, never
-    joins, so a target such as //evil.example stays a path."""
+) -> aiohttp.ClientResponse:
+    """Send to `url` (the API base URL and the client's target, joined once as text, never
+    resolved), with the token; the answer once its headers are in."""
     headers = [*headers, ("Authorization", bearer(token))]
-    return await client.request(method, target, headers, None if body is None else body.payload)
+    return await session.request(
+        method,
+        url,
+        headers=headers,
+        data=None if body is None else body.payload(),
+        allow_redirects=False,
+    )
 
 
 async def relay(
     request: web.Request,
-    upstream: Response,
+    upstream: aiohttp.ClientResponse,
     headers: list[tuple[str, str]],
     exchange: Exchange,
 ) -> web.StreamResponse:
@@ -165,8 +177,8 @@ async def relay(
         return response
     while True:
         try:
-            chunk = await upstream.readany()
-        except BodyBrokeOff:
+            chunk = await upstream.content.readany()
+        except BODY_BROKE_OFF:
             exchange.error = "upstream_broke_off"
             _abort(request)
             return response
@@ -181,13 +193,13 @@ async def relay(
 
 
 async def _whole(
-    upstream: Response, headers: list[tuple[str, str]], exchange: Exchange
+    upstream: aiohttp.ClientResponse, headers: list[tuple[str, str]], exchange: Exchange
 ) -> web.Response:
     """A small answer of known length is read first and sent in one write: headers and body
     leave together, and a body that breaks off becomes a clean 502."""
     try:
         body = await upstream.read()
-    except BodyBrokeOff:
+    except BODY_BROKE_OFF:
         raise upstream_broke_off() from None
     if upstream.status == 403:
         exchange.scope_hint(body)

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 from aiohttp import web
 
 from proxy.forwarding import Upstream
 from proxy.metrics import Metrics
 from proxy.settings import Settings
-from proxy.spool_files import SpoolFiles
 from proxy.tokens import TokenSource
-from proxy.upstream_client import UpstreamClient
 
 SETTINGS = web.AppKey("settings", Settings)
 TOKENS = web.AppKey("tokens", TokenSource)
 UPSTREAM = web.AppKey("upstream", Upstream)
-CLIENT = web.AppKey("upstream_client", UpstreamClient)
+CLIENT = web.AppKey("upstream_session", aiohttp.ClientSession)
 METRICS = web.AppKey("metrics", Metrics)
 SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)
-SPOOL_FILES = web.AppKey("spool_files", SpoolFiles)

@@ -130,7 +130,7 @@ def refuse_each_request_once(upstream: RawUpstream) -> None:
     upstream.responder = respond
 
 
-async def test_large_bodies_are_replayed_from_a_spool_file_kept_until_the_proxy_stops(
+async def test_spool_file_is_gone_when_the_request_ends(
     agentsync_simulator: RunningSimulator, upstream: RawUpstream
 ) -> None:
     refuse_each_request_once(upstream)
@@ -138,20 +138,17 @@ async def test_large_bodies_are_replayed_from_a_spool_file_kept_until_the_proxy_
     settings = settings_for(
         agentsync_simulator, api_base_url=upstream.url, spool_threshold=16 * 1024
     )
-    # The second body, smaller, is spooled to the file the first one left: only its own bytes
-    # may come back.
-    bodies = [os.urandom(3 * 1024 * 1024 + 7), os.urandom(200 * 1024 + 1)]
+    # The second body, smaller, gets a file of its own: only its own bytes may come back.
+    bodies = [os.urandom(5 * 1024 * 1024 + 7), os.urandom(200 * 1024 + 1)]
     async with running_proxy(settings) as proxy, aiohttp.ClientSession() as session:
         for body in bodies:
             async with session.post(f"{proxy.url}/v1/upload", data=io.BytesIO(body)) as response:
                 assert response.status == 200
-        while_running = temporary_files()
+            assert temporary_files() == before  # freed with its request, not kept
     sent = [hashlib.sha256(body).hexdigest() for body in bodies for _attempt in (1, 2)]
     assert [received.body_sha256 for received in upstream.received] == sent
     lengths = [str(len(body)) for body in bodies for _attempt in (1, 2)]
     assert [received.header("Content-Length") for received in upstream.received] == lengths
-    assert len(while_running) == len(before) + 1  # one file, kept for the next body
-    assert temporary_files() == before
 
 
 class RefusesBeforeTheBody(LoopbackServer):

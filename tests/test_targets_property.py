@@ -98,7 +98,9 @@ async def check_forwarded_unchanged_or_refused(proxied: Proxied, target: str) ->
         assert 400 <= response.status < 500, f"{target!r}: {response.status} {response.body!r}"
     else:
         assert len(forwarded) == 1
-        assert forwarded[0].target == proxied.base_path + target
+        # The HTTP client writes an empty query (`/x?`) as `/x`: the only change it makes.
+        path, _, query = target.partition("?")
+        assert forwarded[0].target == proxied.base_path + (target if query else path)
         assert forwarded[0].header("Host") == f"127.0.0.1:{upstream.port}"
         assert response.status == 200
 
