@@ -51,9 +51,11 @@ async def posted(
     app = web.Application()
     app.router.add_post("/", handler)
     server = await aiohttp_server(app)
-    async with aiohttp.ClientSession() as session:
-        async with session.post(server.make_url("/"), data=io.BytesIO(body)) as response:
-            assert response.status == 200
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(server.make_url("/"), data=io.BytesIO(body)) as response,
+    ):
+        assert response.status == 200
     if failures:
         raise failures[0]
 
@@ -148,7 +150,9 @@ async def test_a_body_over_the_maximum_is_refused_and_remembered(
     app = web.Application()
     app.router.add_post("/", handler)
     server = await aiohttp_server(app)
-    async with aiohttp.ClientSession() as session:
-        async with session.post(server.make_url("/"), data=b"x" * 5000) as response:
-            assert response.status == 200
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(server.make_url("/"), data=b"x" * 5000) as response,
+    ):
+        assert response.status == 200
     assert failures == []
