@@ -14,7 +14,8 @@
     ├── HostNotAllowed               403     host_not_allowed
     ├── OriginNotAllowed             403     origin_not_allowed
     ├── ClientNotAllowed             403     client_not_allowed
-    └── MethodNotAllowed             405     method_not_allowed
+    ├── MethodNotAllowed             405     method_not_allowed
+    └── RateLimited                  429     rate_limited (+ Retry-After)
 
 Descriptions say what to do; they never carry a secret or a token.
 """
@@ -116,6 +117,20 @@ class MethodNotAllowed(ProxyError):
 
     def headers(self) -> dict[str, str]:
         return {"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"}
+
+
+class RateLimited(ProxyError):
+    """The request would be held longer than --rate-limit-wait for the API's rate limit."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, description: str, retry_after: float) -> None:
+        super().__init__(description)
+        self.retry_after = retry_after  # seconds until the request would have left
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
 
 
 def upstream_failure(exc: BaseException, upstream: str) -> ProxyError:
