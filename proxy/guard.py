@@ -1,5 +1,5 @@
-"""Who may use the proxy, checked before anything is forwarded (DESIGN.md section 8): the
-client's address, the Host it asked for (DNS rebinding) and the web origin behind it (CORS)."""
+"""Who may use the proxy, checked before anything is forwarded: the client's address, the Host
+it asked for (DNS rebinding) and the web origin behind it (CORS)."""
 
 from __future__ import annotations
 
