@@ -1,9 +1,13 @@
 """The plain aiohttp proxy a user would otherwise write, the benchmark's Python peer: one
 catch-all route, one pooled ClientSession, the body read whole, the upstream's bytes answered in
-one web.Response, a static bearer token, no logging. Usage: plain_proxy.py PORT UPSTREAM_URL"""
+one web.Response, a static bearer token, no logging; on asyncio's event loop, or on uvloop's
+(agentsync-proxy's own) when the third argument says so.
+
+Usage: plain_proxy.py PORT UPSTREAM_URL [asyncio|uvloop]"""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator
 
@@ -38,12 +42,24 @@ async def session(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+def new_loop(name: str) -> asyncio.AbstractEventLoop:
+    if name == "uvloop":
+        import uvloop  # only here: the asyncio peer runs without it
+
+        return uvloop.new_event_loop()
+    if name == "asyncio":
+        return asyncio.new_event_loop()
+    raise SystemExit(f"plain_proxy.py: unknown event loop {name!r}: asyncio or uvloop")
+
+
 def main() -> None:
+    port, upstream, *rest = sys.argv[1:]
+    loop = new_loop(rest[0] if rest else "asyncio")
     app = web.Application()
-    app[UPSTREAM] = sys.argv[2].rstrip("/")
+    app[UPSTREAM] = upstream.rstrip("/")
     app.cleanup_ctx.append(session)
     app.router.add_route("*", "/{tail:.*}", forward)
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+    web.run_app(app, host="127.0.0.1", port=int(port), access_log=None, print=None, loop=loop)
 
 
 if __name__ == "__main__":

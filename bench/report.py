@@ -1,5 +1,7 @@
 """The results of one run and their markdown rendering: one table, agentsync-proxy beside a
-direct connection, nginx and a plain aiohttp proxy, with ratios taken within the run."""
+direct connection, nginx and a plain aiohttp proxy on asyncio's and on uvloop's event loop, with
+ratios taken within the run, and the two ratios against the uvloop peer (the same event loop as
+agentsync-proxy) stated on their own."""
 
 from __future__ import annotations
 
@@ -9,9 +11,11 @@ from burst import BurstResult
 from load import LoadResult
 from transfers import Transfer
 
-DIRECT, NGINX, PLAIN, AGENTSYNC = "direct", "nginx proxy", "plain aiohttp proxy", "agentsync-proxy"
-TARGETS = (DIRECT, NGINX, PLAIN, AGENTSYNC)
-COMPARED = (DIRECT, NGINX, PLAIN)  # what agentsync-proxy is divided by
+DIRECT, NGINX, AGENTSYNC = "direct", "nginx proxy", "agentsync-proxy"
+PLAIN, PLAIN_UVLOOP = "plain aiohttp proxy", "plain aiohttp proxy on uvloop"
+TARGETS = (DIRECT, NGINX, PLAIN, PLAIN_UVLOOP, AGENTSYNC)
+COMPARED = (DIRECT, NGINX, PLAIN, PLAIN_UVLOOP)  # what agentsync-proxy is divided by
+PROXIES = COMPARED[1:]  # the columns with an added latency over direct
 DASH = "-"
 
 
@@ -96,7 +100,7 @@ def _load_rows(results: Results, connections: int) -> list[str]:
                     [DASH]
                     + [added(extra[t]) for t in TARGETS[1:]]
                     + [DASH]
-                    + [ratio(extra[AGENTSYNC], extra[t]) for t in (NGINX, PLAIN)],
+                    + [ratio(extra[AGENTSYNC], extra[t]) for t in PROXIES],
                 )
             )
     return rows
@@ -111,19 +115,27 @@ def _transfer_rows(results: Results) -> list[str]:
                 f"1 GiB {kind}, MiB/s",
                 [
                     f"{direct.mib_per_s:,.0f}",
-                    DASH,
-                    DASH,
+                    *_dashes(PROXIES),
                     f"{ours.mib_per_s:,.0f}",
                     ratio(ours.mib_per_s, direct.mib_per_s),
-                    DASH,
-                    DASH,
+                    *_dashes(PROXIES),
                 ],
             )
         )
     for kind in ("download", "upload"):
-        rss = mebibytes(results.peak_rss_kib[kind])
-        rows.append(_row(f"peak RSS during the 1 GiB {kind}", [DASH] * 3 + [rss] + [DASH] * 3))
+        rows.append(
+            _only_ours(f"peak RSS during the 1 GiB {kind}", mebibytes(results.peak_rss_kib[kind]))
+        )
     return rows
+
+
+def _dashes(columns: tuple[str, ...]) -> list[str]:
+    return [DASH] * len(columns)
+
+
+def _only_ours(label: str, value: str) -> str:
+    """A row with agentsync-proxy's figure alone."""
+    return _row(label, [*_dashes(TARGETS[:-1]), value, *_dashes(COMPARED)])
 
 
 def _startup_rows(results: Results) -> list[str]:
@@ -143,14 +155,28 @@ def _startup_rows(results: Results) -> list[str]:
             " / ".join(latency(s) for s in (burst.p50_s, burst.p99_s, burst.max_s)),
         ),
     ]
-    return [_row(label, [DASH] * 3 + [value] + [DASH] * 3) for label, value in only_ours]
+    return [_only_ours(label, value) for label, value in only_ours]
+
+
+def headline(results: Results) -> str:
+    """agentsync-proxy against the plain aiohttp proxy on the same event loop (uvloop): the
+    latency it adds over direct at one connection, and its requests/s at 32."""
+    one = {t: results.load[t, 1] for t in (DIRECT, PLAIN_UVLOOP, AGENTSYNC)}
+    ours, peer = (one[t].p50_s - one[DIRECT].p50_s for t in (AGENTSYNC, PLAIN_UVLOOP))
+    rate = {t: results.load[t, 32].requests_per_s for t in (PLAIN_UVLOOP, AGENTSYNC)}
+    return (
+        f"Against the {PLAIN_UVLOOP} (the same event loop as agentsync-proxy):"
+        f" p50 added over direct at 1 connection {added(ours)} against {added(peer)},"
+        f" {ratio(ours, peer)}; requests/s at 32 connections {rate[AGENTSYNC]:,.0f} against"
+        f" {rate[PLAIN_UVLOOP]:,.0f}, {ratio(rate[AGENTSYNC], rate[PLAIN_UVLOOP])}."
+    )
 
 
 def render(results: Results) -> str:
     header = _row("", [*TARGETS, *(f"agentsync-proxy ÷ {t}" for t in COMPARED)])
     rows = [
         header,
-        _row("---", ["--:"] * 7),
+        _row("---", ["--:"] * (len(TARGETS) + len(COMPARED))),
         *_load_rows(results, 1),
         *_load_rows(results, 32),
         *_transfer_rows(results),
@@ -160,6 +186,8 @@ def render(results: Results) -> str:
         "# agentsync-proxy benchmark",
         "",
         *(f"- {line}" for line in results.machine),
+        "",
+        headline(results),
         "",
         *rows,
         "",

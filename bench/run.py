@@ -1,5 +1,6 @@
-"""`make bench`: agentsync-proxy against a direct connection, nginx and a plain aiohttp proxy, in
-one run on loopback; prints a markdown table and writes it to bench/results.md.
+"""`make bench`: agentsync-proxy against a direct connection, nginx and a plain aiohttp proxy (on
+asyncio's event loop and on uvloop's, agentsync-proxy's own), in one run on loopback; prints a
+markdown table and writes it to bench/results.md.
 
 Usage: .venv/bin/python bench/run.py [--seconds 4] [--rounds 3] [--burst 1000] [--transfers 5]"""
 
@@ -26,7 +27,7 @@ import report
 import servers
 import transfers
 from processes import PeakRss, Processes, status_kib
-from report import AGENTSYNC, DIRECT, NGINX, PLAIN, Results
+from report import AGENTSYNC, DIRECT, NGINX, PLAIN, PLAIN_UVLOOP, Results
 from servers import url
 
 RESULTS_FILE = servers.BENCH_DIR / "results.md"
@@ -74,7 +75,8 @@ def settings(args: argparse.Namespace) -> list[str]:
         " (tens of percent on a shared VM); p50 and requests/s are the steadier figures.",
         "Upstream: nginx, 1 worker. nginx proxy: 1 worker, `Authorization: Bearer static`,"
         " keep-alive upstream pool, access log to a file. Plain aiohttp proxy:"
-        " bench/plain_proxy.py, no logging. agentsync-proxy: `agentsync-proxy serve`,"
+        " bench/plain_proxy.py, no logging, on asyncio's event loop, and again on uvloop's"
+        " (agentsync-proxy's own). agentsync-proxy: `agentsync-proxy serve`,"
         " JSON access log to a file, token from `agentsync-proxy simulator`.",
         "Upload sink: nginx streams the body (`proxy_request_buffering off`) to"
         " bench/upload_sink.py, which reads every byte before it answers 204.",
@@ -169,7 +171,8 @@ def access_log_lines(log: Path) -> int:
 def run(args: argparse.Namespace, procs: Processes, root: Path) -> Results:
     results = Results(machine=machine(), settings=settings(args))
     upstream = servers.start_upstream(procs, root)
-    plain_port = servers.start_plain_proxy(procs, upstream.port)
+    plain_port = servers.start_plain_proxy(procs, upstream.port, "asyncio")
+    plain_uvloop_port = servers.start_plain_proxy(procs, upstream.port, "uvloop")
     simulator_port = servers.start_simulator(procs, "simulator")
     started = time.perf_counter()
     proxy, proxy_port = servers.launch_agentsync_proxy(
@@ -184,6 +187,7 @@ def run(args: argparse.Namespace, procs: Processes, root: Path) -> Results:
         DIRECT: upstream.port,
         NGINX: upstream.nginx_proxy_port,
         PLAIN: plain_port,
+        PLAIN_UVLOOP: plain_uvloop_port,
         AGENTSYNC: proxy_port,
     }
     measure_load(results, targets, args.seconds, args.rounds)

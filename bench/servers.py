@@ -1,5 +1,6 @@
 """The benchmark's servers, each started on free loopback ports: the nginx upstream (with its
-upload sink) and reference proxy, the plain aiohttp proxy, the simulator and agentsync-proxy."""
+upload sink) and reference proxy, the plain aiohttp proxy (on asyncio's or uvloop's event loop),
+the simulator and agentsync-proxy."""
 
 from __future__ import annotations
 
@@ -55,10 +56,12 @@ def start_upstream(processes: Processes, root: Path) -> Upstream:
     return Upstream(upstream_port, proxy_port, root / "download.bin")
 
 
-def start_plain_proxy(processes: Processes, upstream_port: int) -> int:
+def start_plain_proxy(processes: Processes, upstream_port: int, loop: str = "asyncio") -> int:
+    """bench/plain_proxy.py on `loop`: "asyncio" or "uvloop"."""
     [port] = free_ports(1)
-    argv = [sys.executable, str(BENCH_DIR / "plain_proxy.py"), str(port), url(upstream_port)]
-    wait_for_port(port, processes.start("plain-proxy", argv), "the plain proxy")
+    script = str(BENCH_DIR / "plain_proxy.py")
+    argv = [sys.executable, script, str(port), url(upstream_port), loop]
+    wait_for_port(port, processes.start(f"plain-proxy-{loop}", argv), f"the plain proxy on {loop}")
     return port
 
 

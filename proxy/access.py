@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import structlog
@@ -26,28 +25,8 @@ CONTRACTING_SCOPES = {
 }
 
 
-def _random_ids() -> Iterator[str]:
-    """128-bit random ids, drawn from the system 256 at a time: one getrandom() call per
-    request cost about 4% of the proxy's CPU under load."""
-    while True:
-        batch = os.urandom(16 * 256).hex()
-        for start in range(0, len(batch), 32):
-            yield batch[start : start + 32]
-
-
-_ids = _random_ids()
-
-
-def _forget_ids() -> None:
-    global _ids
-    _ids = _random_ids()
-
-
-os.register_at_fork(after_in_child=_forget_ids)  # a child never repeats its parent's ids
-
-
 def new_request_id() -> str:
-    return next(_ids)
+    return os.urandom(16).hex()
 
 
 def mask_query(target: str) -> str:
@@ -67,6 +46,7 @@ class Exchange:
     upstream_status: int | None = None
     upstream_seconds: float | None = None
     replayed: bool = False
+    replay_reason: int = 401  # the upstream status that caused the replay
     bytes_in: int = 0
     bytes_out: int = 0
     error: str | None = None
@@ -87,7 +67,7 @@ class Exchange:
         if self.upstream_seconds is not None:
             metrics.upstream_duration.observe(self.upstream_seconds)
         if self.replayed:
-            metrics.replays.labels(self._replay_outcome()).inc()
+            metrics.replayed(self.replay_reason, self._replay_outcome())
         if self.error is not None:
             metrics.errors.labels(self.error).inc()
         log.info(
@@ -108,13 +88,14 @@ class Exchange:
             **({"error": self.error} if self.error else {}),
         )
 
-    def replaying(self) -> None:
-        self.replayed = True
+    def replaying(self, reason: int = 401) -> None:
+        """The request is being sent again after an upstream `reason` (401 or 429)."""
+        self.replayed, self.replay_reason = True, reason
 
     def _replay_outcome(self) -> str:
         if self.upstream_status is None:
             return "failed"  # the replay got no answer: the upstream was unreachable or slow
-        return "rejected" if self.upstream_status == 401 else "success"
+        return "rejected" if self.upstream_status == self.replay_reason else "success"
 
     def scope_hint(self, body_start: bytes) -> None:
         """AgentSync refuses a call whose token lacks a scope with 'Policy evaluation failed'."""

@@ -1,12 +1,11 @@
-"""Who may use the proxy, checked before anything is forwarded (DESIGN.md section 8): the
-client's address, the Host it asked for (DNS rebinding) and the web origin behind it (CORS)."""
+"""Who may use the proxy, checked before anything is forwarded: the client's address, the Host
+it asked for (DNS rebinding) and the web origin behind it (CORS)."""
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from functools import lru_cache
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -46,27 +45,19 @@ class Policy:
         return cls(settings.allowed_clients, frozenset(hosts), frozenset(settings.allowed_origins))
 
     def client_allowed(self, address: str | None) -> bool:
-        return address is None or _client_allowed(self.clients, address)
+        if address is None:
+            return True
+        try:
+            ip = ipaddress.ip_address(address.split("%")[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return ip.is_loopback or any(ip in network for network in self.clients)
 
     def host_allowed(self, host_header: str) -> bool:
-        return _host_allowed(self.hosts, host_header)
-
-
-@lru_cache(maxsize=4096)
-def _host_allowed(hosts: frozenset[str], host_header: str) -> bool:
-    host = _host_name(host_header)
-    return is_loopback_host(host) or host in hosts
-
-
-@lru_cache(maxsize=4096)
-def _client_allowed(networks: tuple[IPNetwork, ...], address: str) -> bool:
-    try:
-        ip = ipaddress.ip_address(address.split("%")[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback or any(ip in network for network in networks)
+        host = _host_name(host_header)
+        return is_loopback_host(host) or host in self.hosts
 
 
 def _host_name(host_header: str) -> str:

@@ -1,4 +1,4 @@
-"""Section 6's policy, apart from any I/O: send; on 401 renew the token (unless someone already
+"""The 401 policy, apart from any I/O: send; on 401 renew the token (unless someone already
 has) and send once more; a second 401 goes to the client as it is."""
 
 from __future__ import annotations

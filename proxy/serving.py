@@ -4,7 +4,6 @@ stopping gracefully on SIGTERM (not ready at once, in-flight requests finished, 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import signal
 import subprocess
@@ -26,7 +25,6 @@ log = structlog.get_logger("proxy")
 # Set in the environment of each worker: how many workers share the port and the token cap.
 WORKER_OF = "AGENTSYNC_PROXY_WORKER_OF"
 BACKLOG = 2048  # a burst of new connections must not overflow the accept queue
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt() parameters (malloc.h)
 
 
 def use_uvloop() -> None:
@@ -36,20 +34,6 @@ def use_uvloop() -> None:
     except ImportError:
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
-def keep_freed_memory() -> None:
-    """Have glibc's malloc keep freed memory for the next body chunk instead of returning it at
-    once. By default each 256 KiB chunk freed at the top of the heap is handed back (brk) and the
-    next one faults in fresh zeroed pages: in a profile of a 1 GiB transfer brk was a third of
-    the proxy's system calls and half its CPU time was the kernel's. Up to 8 MiB of free heap is
-    kept; allocations of 1 MiB and more still get their own mapping."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return  # not glibc: its allocator has its own policy
-    libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
-    libc.mallopt(M_TRIM_THRESHOLD, 8 << 20)
 
 
 def serve(settings: Settings, argv: Sequence[str], environ: Mapping[str, str]) -> int:
@@ -83,7 +67,6 @@ def worker_of(environ: Mapping[str, str], cap: int) -> int:
 
 def run(settings: Settings, *, reuse_port: bool) -> int:
     use_uvloop()
-    keep_freed_memory()
     return asyncio.run(_run(settings, reuse_port))
 
 

@@ -4,6 +4,7 @@ in front of both), and the questions the soak asks them over HTTP."""
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -113,14 +114,14 @@ async def get_json(control: aiohttp.ClientSession, target: str) -> dict[str, obj
 
 
 def parse_metric(text: str, name: str) -> dict[str, float]:
-    """One metric's samples by their label value ("" for none) from Prometheus text."""
+    """One metric's samples by their label values, joined by "/" ("" for none), from Prometheus
+    text."""
     samples: dict[str, float] = {}
     for line in text.splitlines():
         if not line.startswith(name) or line[len(name) : len(name) + 1] not in ("{", " "):
             continue
         labels, _, value = line[len(name) :].rpartition(" ")
-        label = labels.partition('="')[2].rpartition('"')[0]
-        samples[label] = float(value)
+        samples["/".join(re.findall(r'="([^"]*)"', labels))] = float(value)
     return samples
 
 

@@ -22,7 +22,7 @@ from multidict import CIMultiDictProxy
 
 KIB, MIB = 1 << 10, 1 << 20
 DATA = os.urandom(16 * MIB)  # request bodies are slices of this
-PROXY_ERRORS = {  # section 7: code -> status
+PROXY_ERRORS = {  # the proxy's own error answers: code -> status
     "token_request_rejected": 502,
     "token_unavailable": 503,
     "upstream_unreachable": 502,

@@ -1,6 +1,6 @@
-"""Section 8 against a real headless Chromium: web pages of other origins, and a page rebound
-onto the proxy's own address (DNS rebinding), never get a request forwarded; an allowed origin
-gets working CORS.
+"""The protection rules against a real headless Chromium: web pages of other origins, and a page
+rebound onto the proxy's own address (DNS rebinding), never get a request forwarded; an allowed
+origin gets working CORS.
 
 Chromium is driven over the DevTools protocol (aiohttp's websocket client) rather than with
 `--dump-dom`: the rebinding test must swap the server behind a loaded page's address before the

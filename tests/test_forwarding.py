@@ -1,4 +1,4 @@
-"""Section 4: what reaches the upstream, byte for byte, and what comes back."""
+"""Forwarding: what reaches the upstream, byte for byte, and what comes back."""
 
 from __future__ import annotations
 

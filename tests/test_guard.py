@@ -1,4 +1,4 @@
-"""Section 8's protection: client addresses, Host names (DNS rebinding) and web origins."""
+"""The protection rules: client addresses, Host names (DNS rebinding) and web origins."""
 
 from __future__ import annotations
 

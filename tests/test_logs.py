@@ -1,14 +1,15 @@
-"""The log processors and the batched output: same text as structlog's own, fewer writes."""
+"""Logging: secrets masked, and one JSON line per event off a terminal."""
 
 from __future__ import annotations
 
-import asyncio
-import datetime
-import io
-import time
+import json
+import logging
+import re
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import structlog
 
 from proxy import logs
 
@@ -31,39 +32,32 @@ def test_redact_masks_sensitive_keys_and_credentials_in_text(
     assert logs.redact(None, "info", {key: value}) == {key: expected}
 
 
-@pytest.mark.parametrize("nanoseconds", [0, 1_000, 999_999_000, 123_456_789])
-def test_timestamp_is_structlogs_iso_utc_text(
-    monkeypatch: pytest.MonkeyPatch, nanoseconds: int
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_off_a_terminal_every_event_is_one_json_line_with_utc_time_and_no_secret(
+    capsys: pytest.CaptureFixture[str], restore_logging: None
 ) -> None:
-    second = 1_795_465_829
-    monkeypatch.setattr(time, "time_ns", lambda: second * 1_000_000_000 + nanoseconds)
-    moment = datetime.datetime.fromtimestamp(second, tz=datetime.UTC)
-    moment = moment.replace(microsecond=nanoseconds // 1000)
-    expected = moment.isoformat().replace("+00:00", "Z")  # what structlog's TimeStamper writes
-    assert logs.UtcTimestamp()(None, "info", {}) == {"timestamp": expected}
-
-
-async def test_lines_logged_in_one_loop_iteration_leave_in_one_write() -> None:
-    target = io.StringIO()
-    writes: list[str] = []
-    target.write = writes.append  # type: ignore[method-assign,assignment]
-    logger = logs.LineLogger(logs.LineBatcher(target))
-    for n in range(3):
-        logger.info(f"line {n}")
-    assert writes == []
-    await asyncio.sleep(0)
-    assert writes == ["line 0\nline 1\nline 2\n"]
-
-
-def test_lines_logged_outside_an_event_loop_leave_at_once() -> None:
-    target = io.StringIO()
-    logs.LineLogger(logs.LineBatcher(target)).info("starting")
-    assert target.getvalue() == "starting\n"
-
-
-async def test_lines_logged_from_another_thread_leave_at_once() -> None:
-    target = io.StringIO()
-    logger = logs.LineLogger(logs.LineBatcher(target))
-    logger.info("from the loop")  # the loop is now known to the batcher
-    await asyncio.to_thread(logger.info, "from a thread")
-    assert target.getvalue() == "from the loop\nfrom a thread\n"
+    logs.configure(None, "info")
+    structlog.get_logger("proxy").info(
+        "token_obtained", access_token="tok-123", detail="sent Bearer abc.def"
+    )
+    structlog.get_logger("proxy").debug("not_at_info")
+    logging.getLogger("aiohttp.server").warning("closed by %s", "peer")
+    err = capsys.readouterr().err
+    ours, aiohttps = (json.loads(line) for line in err.splitlines())
+    assert (ours["event"], ours["level"]) == ("token_obtained", "info")
+    assert (ours["access_token"], ours["detail"]) == ("**********", "sent Bearer **********")
+    assert (aiohttps["event"], aiohttps["level"]) == ("closed by peer", "warning")
+    assert aiohttps["logger"] == "aiohttp.server"
+    for line in (ours, aiohttps):
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z", line["timestamp"])
+    assert "tok-123" not in err
+    assert "abc.def" not in err

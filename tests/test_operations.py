@@ -1,8 +1,9 @@
-"""Section 8's operations: probes, readiness, metrics and the access log."""
+"""Operations: probes, readiness, metrics and the access log."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import aiohttp
@@ -11,7 +12,7 @@ import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.credentials import ClientSecret, Secret
-from proxy.keys import SHUTTING_DOWN, TOKENS
+from proxy.keys import METRICS, SHUTTING_DOWN, TOKENS
 from proxy.servers import RunningProxy, RunningSimulator, running_proxy, settings_for
 from tests.conftest import ProxyFactory
 from tests.rawhttp import RawUpstream, Received, Writer, reply, response_bytes
@@ -116,7 +117,7 @@ async def test_metrics_count_requests_replays_token_failures_and_errors(
 
     assert value("agentsync_proxy_requests_total", method="GET", status_class="2xx") == 3
     assert value("agentsync_proxy_requests_total", method="POST", status_class="4xx") == 1
-    assert value("agentsync_proxy_replays_total", outcome="success") == 1
+    assert value("agentsync_proxy_replays_total", outcome="success", reason="401") == 1
     assert value("agentsync_proxy_token_requests_total", outcome="unavailable") == 1
     assert value("agentsync_proxy_token_requests_total", outcome="success") == 2
     assert value("agentsync_proxy_errors_total", error="request_too_large") == 1
@@ -126,6 +127,45 @@ async def test_metrics_count_requests_replays_token_failures_and_errors(
     assert value("agentsync_proxy_response_body_bytes_total") == 6
     assert value("agentsync_proxy_token_request_duration_seconds_count") == 3
     assert 3500 < value("agentsync_proxy_token_expires_in_seconds") <= 3600
+
+
+async def test_rate_limit_redis_and_link_metrics_appear_once_reported(
+    make_proxy: ProxyFactory,
+) -> None:
+    proxy = await make_proxy()
+    before = await scrape(proxy)
+    assert math.isnan(before[("agentsync_proxy_rate_limit_remaining", ())])
+    assert math.isnan(before[("agentsync_proxy_redis_up", ())])
+    assert before[("agentsync_proxy_rate_limited_total", ())] == 0
+    metrics = proxy.app[METRICS]
+    metrics.held(0.02)
+    metrics.held(45.0)
+    metrics.rate_limited()
+    metrics.upstream_429()
+    metrics.upstream_429()
+    metrics.announced(17)
+    metrics.redis(up=False)
+    metrics.links_rewritten()
+    metrics.replayed(429, "success")
+    after = await scrape(proxy)
+
+    def value(name: str, **labels: str) -> float:
+        return after[(name, tuple(sorted(labels.items())))]
+
+    assert value("agentsync_proxy_rate_limit_held_total") == 2
+    assert value("agentsync_proxy_rate_limit_held_seconds_count") == 2
+    assert value("agentsync_proxy_rate_limit_held_seconds_sum") == pytest.approx(45.02)
+    assert value("agentsync_proxy_rate_limit_held_seconds_bucket", le="0.01") == 0
+    assert value("agentsync_proxy_rate_limit_held_seconds_bucket", le="0.025") == 1
+    assert value("agentsync_proxy_rate_limit_held_seconds_bucket", le="60.0") == 2
+    assert value("agentsync_proxy_rate_limited_total") == 1
+    assert value("agentsync_proxy_upstream_rate_limited_total") == 2
+    assert value("agentsync_proxy_rate_limit_remaining") == 17
+    assert value("agentsync_proxy_redis_up") == 0
+    assert value("agentsync_proxy_links_rewritten_total") == 1
+    assert value("agentsync_proxy_replays_total", outcome="success", reason="429") == 1
+    metrics.redis(up=True)
+    assert (await scrape(proxy))[("agentsync_proxy_redis_up", ())] == 1
 
 
 async def test_a_replay_that_gets_no_answer_is_logged_and_counted_as_a_failed_replay(
@@ -149,7 +189,8 @@ async def test_a_replay_that_gets_no_answer_is_logged_and_counted_as_a_failed_re
     assert (status, body["error"]) == (504, "upstream_timeout")
     assert replay_arrived.is_set() and seen[0] != seen[1]
     metrics = await scrape(proxy)
-    assert metrics[("agentsync_proxy_replays_total", (("outcome", "failed"),))] == 1
+    failed = ("agentsync_proxy_replays_total", (("outcome", "failed"), ("reason", "401")))
+    assert metrics[failed] == 1
     [line] = [entry for entry in logs if entry["event"] == "request"]
     assert (line["status"], line["replayed"], line["error"]) == (504, True, "upstream_timeout")
 

@@ -1,4 +1,4 @@
-"""Section 6: an upstream 401 renews the token once for everyone and replays the request once."""
+"""Replay: an upstream 401 renews the token once for everyone and replays the request once."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Section 3: precedence of flags, environment, TOML file, environment table and defaults, and
+"""Settings: precedence of flags, environment, TOML file, environment table and defaults, and
 one clear line per problem."""
 
 from __future__ import annotations

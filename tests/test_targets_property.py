@@ -1,6 +1,6 @@
-"""Section 4, as a property: any raw request target either is refused with a 4xx and forwarded
-nowhere, or reaches the configured upstream (its own host:port) byte for byte, under the API base
-URL's path.
+"""Request targets, as a property: any raw request target either is refused with a 4xx and
+forwarded nowhere, or reaches the configured upstream (its own host:port) byte for byte, under
+the API base URL's path.
 
 The tests are async `@given` functions: pytest-asyncio (under pytest-aiohttp) runs every example
 on the test's event loop, so one proxy and one raw upstream, started by function-scoped fixtures,
@@ -65,7 +65,8 @@ PROPERTY = settings(
 
 
 def is_proxy_own_path(target: str) -> bool:
-    """Under /-/ (section 8), counting %2D as '-' as RFC 3986 section 6.2.2.2 does."""
+    """Under /-/ (the proxy's own paths, never forwarded), counting %2D as '-' as RFC 3986
+    section 6.2.2.2 does."""
     path = target.partition("?")[0]
     return re.sub("%2[dD]", "-", path).startswith("/-/")
 

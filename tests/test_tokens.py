@@ -1,4 +1,4 @@
-"""Section 5 end to end: one shared token, single flight, retries, rejections and the cap."""
+"""Tokens end to end: one shared token, single flight, retries, rejections and the cap."""
 
 from __future__ import annotations
 
