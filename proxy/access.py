@@ -46,7 +46,8 @@ class Exchange:
     upstream_status: int | None = None
     upstream_seconds: float | None = None
     replayed: bool = False
-    replay_reason: int = 401  # the upstream status that caused the replay
+    replay_reason: int = 401  # the upstream status that caused the (last) replay
+    held_seconds: float = 0.0  # held for the API's rate limit
     bytes_in: int = 0
     bytes_out: int = 0
     error: str | None = None
@@ -84,9 +85,13 @@ class Exchange:
             bytes_in=self.bytes_in,
             bytes_out=self.bytes_out,
             replayed=self.replayed,
+            held_ms=round(self.held_seconds * 1000, 2),
             client=self.client,
             **({"error": self.error} if self.error else {}),
         )
+
+    def held(self, seconds: float) -> None:
+        self.held_seconds += seconds
 
     def replaying(self, reason: int = 401) -> None:
         """The request is being sent again after an upstream `reason` (401 or 429)."""

@@ -21,8 +21,9 @@ from proxy.errors import (
     error_response,
     upstream_failure,
 )
-from proxy.keys import CLIENT, METRICS, SETTINGS, SHUTTING_DOWN, TOKENS, UPSTREAM
+from proxy.keys import CLIENT, METRICS, PACER, SETTINGS, SHUTTING_DOWN, TOKENS, UPSTREAM
 from proxy.metrics import Metrics
+from proxy.pacing import Mode, Pacer
 from proxy.replay import send_with_replay
 from proxy.settings import Settings
 from proxy.tokens import TokenFetcher, TokenSource
@@ -42,6 +43,9 @@ def create_app(
     app[UPSTREAM] = forwarding.Upstream.from_base_url(settings.api_base_url)
     app[SHUTTING_DOWN] = asyncio.Event()
     app[METRICS] = metrics = Metrics()
+    mode: Mode = "off" if settings.pacing == "off" else settings.api_requests_per_minute or "auto"
+    app[PACER] = pacer = Pacer.for_mode(mode, settings.rate_limit_wait)
+    pacer.observer = metrics
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         upstream = clients.upstream_session(settings)
@@ -133,7 +137,8 @@ async def forward(request: web.Request) -> web.StreamResponse:
             answer = await send_with_replay(
                 lambda token: forwarding.send(session, request.method, url, headers, body, token),
                 app[TOKENS],
-                exchange.replaying,
+                app[PACER],
+                exchange,
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             if body is not None and body.failure is not None:

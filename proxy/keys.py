@@ -9,6 +9,7 @@ from aiohttp import web
 
 from proxy.forwarding import Upstream
 from proxy.metrics import Metrics
+from proxy.pacing import Pacer
 from proxy.settings import Settings
 from proxy.tokens import TokenSource
 
@@ -17,4 +18,5 @@ TOKENS = web.AppKey("tokens", TokenSource)
 UPSTREAM = web.AppKey("upstream", Upstream)
 CLIENT = web.AppKey("upstream_session", aiohttp.ClientSession)
 METRICS = web.AppKey("metrics", Metrics)
+PACER = web.AppKey("pacer", Pacer)
 SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)

@@ -159,6 +159,32 @@ class MemoryPacingState:
             self.paused_until = until
 
 
+class Observer(Protocol):
+    """Told of what the pacer does, for metrics (proxy.metrics.Metrics)."""
+
+    def held(self, seconds: float) -> None: ...
+
+    def rate_limited(self) -> None: ...
+
+    def upstream_429(self) -> None: ...
+
+    def announced(self, remaining: float) -> None: ...
+
+
+class _Unobserved:
+    def held(self, seconds: float) -> None:
+        pass
+
+    def rate_limited(self) -> None:
+        pass
+
+    def upstream_429(self) -> None:
+        pass
+
+    def announced(self, remaining: float) -> None:
+        pass
+
+
 @dataclass(slots=True)
 class Ticket:
     """One request's passage: how long it was held; settled once answered or abandoned."""
@@ -181,6 +207,7 @@ class Pacer:
         self._clock, self._sleep = clock, sleep
         # For metrics: requests that left after being held, for how long in all; requests
         # refused; upstream 429s; the budget the upstream last announced.
+        self.observer: Observer = _Unobserved()
         self.held = 0
         self.held_seconds = 0.0
         self.refused = 0
@@ -230,6 +257,7 @@ class Pacer:
         held = self._clock() - started
         self.held += 1
         self.held_seconds += held
+        self.observer.held(held)
         return Ticket(held)
 
     async def answered(
@@ -240,12 +268,14 @@ class Pacer:
         seconds: the caller replays the request once if it fits within the wait budget."""
         if status == 429:
             self.upstream_429s += 1
+            self.observer.upstream_429()
         if ticket.settled or self.state is None:
             return None
         ticket.settled = True
         budget = read_budget(headers)
         if budget is not None:
             self.budget = budget
+            self.observer.announced(budget.remaining)
         if status != 429:
             await self.state.settle(budget)
             return None
@@ -264,6 +294,7 @@ class Pacer:
 
     def _refusal(self, wait: float) -> RateLimited:
         self.refused += 1
+        self.observer.rate_limited()
         return RateLimited(
             f"the API's rate limit would hold this request {math.ceil(wait)} s, longer than"
             " --rate-limit-wait; retry after Retry-After seconds",

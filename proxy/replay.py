@@ -1,17 +1,24 @@
-"""The 401 policy, apart from any I/O: send; on 401 renew the token (unless someone already
-has) and send once more; a second 401 goes to the client as it is."""
+"""The replay policy, apart from any I/O: hold the request for the API's rate limit, send it; on
+a 401 renew the token (unless someone already has) and send once more; on a 429 wait for the
+time it names, if that fits the wait budget, and send once more. At most one replay of each
+kind; a second 401 or 429 goes to the client as it is."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
+from proxy.errors import RateLimited
+from proxy.pacing import Ticket
 from proxy.token_endpoint import Token
 
 
 class Response(Protocol):
     @property
     def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
 
     def release(self) -> Any: ...
 
@@ -22,19 +29,65 @@ class Tokens(Protocol):
     async def renew(self, rejected: Token) -> Token: ...
 
 
+class Pacing(Protocol):
+    """proxy.pacing.Pacer."""
+
+    max_wait: float
+
+    async def hold(self, max_wait: float | None = None) -> Ticket: ...
+
+    async def answered(
+        self, ticket: Ticket, status: int, headers: Mapping[str, str]
+    ) -> float | None: ...
+
+    async def abandoned(self, ticket: Ticket) -> None: ...
+
+
+class Record(Protocol):
+    """What the access log is told: time held, and a replay before it is sent."""
+
+    def held(self, seconds: float) -> None: ...
+
+    def replaying(self, reason: int) -> None: ...
+
+
 R = TypeVar("R", bound=Response)
 
 
 async def send_with_replay(
-    send: Callable[[Token], Awaitable[R]], tokens: Tokens, replaying: Callable[[], None]
+    send: Callable[[Token], Awaitable[R]], tokens: Tokens, pacer: Pacing, record: Record
 ) -> R:
-    """The upstream's answer; `replaying` is told before the request is sent a second time, so
-    that a replay which then fails is still known as one."""
-    token = await tokens.token()
-    response = await send(token)
-    if response.status != 401:
-        return response
-    response.release()  # the rejected answer is let go before the replay
-    fresh = await tokens.renew(token)
-    replaying()
-    return await send(fresh)
+    """The upstream's answer. Raises RateLimited when the request would wait too long for the
+    rate limit, a TokenError without a token; the client's own 401 or 429 otherwise."""
+    ticket = await pacer.hold()
+    replayed: set[int] = set()
+    token: Token | None = None
+    while True:
+        record.held(ticket.held)
+        try:
+            token = token or await tokens.token()
+            response = await send(token)
+        except BaseException:
+            await pacer.abandoned(ticket)
+            raise
+        pause = await pacer.answered(ticket, response.status, response.headers)
+        status = response.status
+        if status == 401 and status not in replayed:
+            response.release()  # the rejected answer is let go before the replay
+            token = await tokens.renew(token)
+            ticket = await pacer.hold()
+        elif status == 429 and status not in replayed and pause is not None:
+            if pause > pacer.max_wait:
+                return response
+            try:
+                ticket = await pacer.hold()  # until the pause ends, the fleet's requests too
+            except RateLimited:
+                return response  # the upstream's own 429, unchanged
+            except BaseException:
+                response.release()
+                raise
+            response.release()
+        else:
+            return response
+        replayed.add(status)
+        record.replaying(status)

@@ -7,13 +7,15 @@ import hashlib
 import io
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 import pytest
 
+from proxy.access import Exchange
 from proxy.credentials import Secret
 from proxy.errors import TokenUnavailable
+from proxy.pacing import Pacer
 from proxy.replay import send_with_replay
 from proxy.servers import RunningSimulator, running_proxy, settings_for
 from proxy.token_endpoint import Token
@@ -227,6 +229,7 @@ async def test_body_over_the_maximum_gets_413_and_nothing_is_forwarded(
 class FakeResponse:
     status: int
     released: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
 
     def release(self) -> None:
         self.released = True
@@ -249,8 +252,8 @@ async def test_replay_policy_lets_the_401_go_and_reports_a_failed_renewal() -> N
     async def send(token: Token) -> FakeResponse:
         return rejected
 
-    replays: list[None] = []
+    record = Exchange("id", "GET", "/v1/x", None)
     with pytest.raises(TokenUnavailable):
-        await send_with_replay(send, TokensThatCannotRenew(), lambda: replays.append(None))
+        await send_with_replay(send, TokensThatCannotRenew(), Pacer.off(), record)
     assert rejected.released
-    assert replays == []  # without a new token nothing was sent again
+    assert not record.replayed  # without a new token nothing was sent again
