@@ -31,7 +31,7 @@ def settings_parser(command: str) -> argparse.ArgumentParser:
     for option in OPTIONS:
         if not option.flag:
             continue
-        if option.parse.__name__ == "_bool":
+        if option.switch:
             parser.add_argument(
                 option.flag_name,
                 dest=option.name,
