@@ -17,21 +17,44 @@ from proxy.settings import OPTIONS, ConfigError, Settings, load_settings
 from proxy.token_endpoint import Token
 from proxy.tokens import TokenSource
 
-COMMANDS = ("serve", "check", "demo", "simulator")
+COMMANDS = {
+    "serve": "run the proxy (the command when none is given)",
+    "check": "validate the configuration, fetch one token and print its scope and expiry",
+    "demo": "the AgentSync simulator and a proxy wired to it, in one process; no credentials",
+    "simulator": "the AgentSync simulator alone: token endpoint, API and /_simulator/ controls",
+}
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def usage() -> str:
+    """What `agentsync-proxy --help` prints: every command, one line each."""
+    width = max(map(len, COMMANDS))
+    commands = "\n".join(f"  {name:<{width}}  {does}" for name, does in COMMANDS.items())
+    return (
+        "usage: agentsync-proxy [COMMAND] [OPTIONS]\n\n"
+        "Authenticating reverse proxy for AgentSync's APIs.\n\n"
+        f"commands:\n{commands}\n\n"
+        "`agentsync-proxy COMMAND --help` shows that command's options."
+    )
 
 
 def settings_parser(command: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=f"agentsync-proxy {command}",
-        description="Authenticating reverse proxy for AgentSync's APIs.",
-        epilog="Every flag has an environment variable; see the README.",
+        usage="%(prog)s [OPTIONS]",
+        description=f"agentsync-proxy {command}: {COMMANDS[command]}.",
+        epilog=(
+            "Each flag's environment variable is named beside it; in a --config file a setting's"
+            " key is its flag without the dashes, in snake case (rate_limit_wait = 10). The"
+            " client secret has no flag (a command line is visible to every user): give"
+            " AGENTSYNC_CLIENT_SECRET or --client-secret-file."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"agentsync-proxy {__version__}")
     for option in OPTIONS:
         if not option.flag:
             continue
-        if option.parse.__name__ == "_bool":
+        if option.switch:
             parser.add_argument(
                 option.flag_name,
                 dest=option.name,
@@ -57,6 +80,9 @@ def load(command: str, argv: Sequence[str], environ: Mapping[str, str]) -> Setti
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     environ = os.environ if environ is None else environ
+    if argv[:1] in (["-h"], ["--help"]):
+        print(usage())
+        return EXIT_OK
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "serve"
     try:
         if command in ("serve", "check"):

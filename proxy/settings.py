@@ -9,9 +9,9 @@ import re
 import ssl
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from yarl import URL
 
@@ -39,46 +39,6 @@ class Listen:
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class Settings:
-    client_id: str
-    client_secret: ClientSecret
-    api_base_url: str
-    token_url: str
-    environment: str = "sandbox"
-    listen: Listen = Listen("127.0.0.1", 8080)
-    scope: str | None = None
-    client_auth: str = "post"
-    log_format: str | None = None
-    log_level: str = "info"
-    log_query: bool = False
-    log_probes: bool = False
-    refresh_margin: float = 300.0
-    token_requests_per_minute: int = 20
-    token_timeout: float = 30.0
-    default_token_lifetime: float = 3600.0
-    connect_timeout: float = 10.0
-    upstream_timeout: float = 60.0
-    client_timeout: float = 60.0
-    max_body_size: int = 1 << 30
-    spool_threshold: int = 1 << 20
-    allowed_clients: tuple[IPNetwork, ...] = ()
-    allowed_hosts: tuple[str, ...] = ()
-    allowed_origins: tuple[str, ...] = ()
-    ca_bundle: Path | None = None
-    shutdown_timeout: float = 25.0
-    workers: int = 1
-    max_connections: int = 100
-    api_requests_per_minute: int | None = None  # a fixed cap, on top of auto pacing
-    pacing: str = "auto"  # auto: by what the upstream announces; off: nothing held
-    rate_limit_wait: float = 30.0
-    rewrite_links: bool = True
-    link_origins: tuple[str, ...] = ()
-    redis_url: Secret | None = None
-    redis_password_file: Path | None = None
-    warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
 class ItemProblems(ValueError):
@@ -263,17 +223,6 @@ def _url(value: object) -> str:
     return text
 
 
-def _pacing(value: object) -> tuple[str, int | None]:
-    """auto, off, or a number N (auto pacing plus a cap of N a minute)."""
-    text = _text(value).lower()
-    if text in ("auto", "off"):
-        return text, None
-    try:
-        return "auto", _count(text)
-    except ValueError:
-        raise ValueError(f"{value!r} is not auto, off or a whole number of at least 1") from None
-
-
 def _on_off(value: object) -> bool:
     try:
         return _bool(value)
@@ -296,199 +245,179 @@ def _redis_url(value: object) -> Secret:
     return Secret(text)
 
 
-def _log_level(value: object) -> str:
-    return _choice("debug", "info", "warning", "error", "critical")(value)
+class Pacing(NamedTuple):
+    """What --api-requests-per-minute says: pace API requests by what the upstream announces
+    (auto) or not at all (off), and with auto, an optional cap of requests a minute."""
+
+    mode: str = "auto"
+    cap: int | None = None
+
+
+def _pacing(value: object) -> Pacing:
+    text = _text(value).lower()
+    if text in ("auto", "off"):
+        return Pacing(text)
+    try:
+        return Pacing("auto", _count(text))
+    except ValueError:
+        raise ValueError(f"{value!r} is not auto, off or a whole number of at least 1") from None
 
 
 @dataclass(frozen=True)
 class Option:
+    """One input: the flag --NAME (unless `flag` is false), an environment variable and, for a
+    flag, the key NAME of the TOML file."""
+
     name: str
     env: str
     parse: Callable[[object], Any]
     help: str
-    flag: bool = True
     metavar: str | None = None
+    flag: bool = True
 
     @property
     def flag_name(self) -> str:
         return "--" + self.name.replace("_", "-")
 
+    @property
+    def switch(self) -> bool:
+        """A flag given without a value (--log-query), for a setting that is true or false."""
+        return self.parse is _bool
 
-OPTIONS: tuple[Option, ...] = (
-    Option(
-        "listen",
-        "AGENTSYNC_PROXY_LISTEN",
-        parse_listen,
-        "address to listen on",
-        metavar="HOST:PORT",
-    ),
-    Option(
-        "environment", "AGENTSYNC_ENVIRONMENT", _nonempty, "AgentSync environment", metavar="NAME"
-    ),
-    Option("api_base_url", "AGENTSYNC_API_BASE_URL", _url, "API base URL", metavar="URL"),
-    Option("token_url", "AGENTSYNC_TOKEN_URL", _url, "OAuth 2.0 token endpoint", metavar="URL"),
-    Option("client_id", "AGENTSYNC_CLIENT_ID", _nonempty, "OAuth client id", metavar="ID"),
+
+def setting(
+    default: Any,
+    parse: Callable[[object], Any],
+    help: str,
+    metavar: str | None = None,
+    *,
+    env: str | None = None,
+) -> Any:
+    """A field of Settings and the option that sets it: flag --NAME, TOML key NAME and
+    environment variable AGENTSYNC_PROXY_NAME, unless `env` names another."""
+    return field(
+        default=default, metadata={"parse": parse, "help": help, "metavar": metavar, "env": env}
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Every setting of the proxy. Each field declared with setting() is an option too: a flag,
+    an environment variable and a TOML key (see OPTIONS)."""
+
+    listen: Listen = setting(
+        Listen("127.0.0.1", 8080), parse_listen, "address to listen on", "HOST:PORT"
+    )
+    environment: str = setting(
+        "sandbox", _nonempty, "AgentSync environment", "NAME", env="AGENTSYNC_ENVIRONMENT"
+    )
+    api_base_url: str = setting(MISSING, _url, "API base URL", "URL", env="AGENTSYNC_API_BASE_URL")
+    token_url: str = setting(
+        MISSING, _url, "OAuth 2.0 token endpoint", "URL", env="AGENTSYNC_TOKEN_URL"
+    )
+    client_id: str = setting(MISSING, _nonempty, "OAuth client id", "ID", env="AGENTSYNC_CLIENT_ID")
+    client_secret: ClientSecret  # from the inputs client_secret or client_secret_file, below
+    scope: str | None = setting(
+        None, _text, "space-separated scopes to request", '"A B"', env="AGENTSYNC_SCOPE"
+    )
+    client_auth: str = setting(
+        "post",
+        _choice("post", "basic"),
+        "client credentials in the token request's form body (post) or as HTTP Basic",
+        "post|basic",
+        env="AGENTSYNC_CLIENT_AUTH",
+    )
+    log_format: str | None = setting(
+        None, _choice("json", "console"), "console on a terminal, else json", "json|console"
+    )
+    log_level: str = setting(
+        "info", _choice("debug", "info", "warning", "error", "critical"), "log level", "LEVEL"
+    )
+    log_query: bool = setting(False, _bool, "log query values unmasked")
+    log_probes: bool = setting(False, _bool, "log /-/ probe requests")
+    refresh_margin: float = setting(
+        300.0, _seconds_or_zero, "renew the token this long before it expires", "SECONDS"
+    )
+    token_requests_per_minute: int = setting(20, _count, "cap on token requests per minute", "N")
+    token_timeout: float = setting(30.0, _seconds, "longest a request waits for a token", "SECONDS")
+    default_token_lifetime: float = setting(
+        3600.0,
+        _seconds,
+        "token lifetime assumed when expires_in is missing or malformed",
+        "SECONDS",
+    )
+    connect_timeout: float = setting(10.0, _seconds, "connect timeout", "SECONDS")
+    upstream_timeout: float = setting(
+        60.0, _seconds, "no response or no bytes for this long", "SECONDS"
+    )
+    client_timeout: float = setting(
+        60.0, _seconds, "no byte of a request body from the client for this long", "SECONDS"
+    )
+    max_body_size: int = setting(1 << 30, _count, "largest request body", "BYTES")
+    spool_threshold: int = setting(
+        1 << 20, _count, "request bodies above this size are kept in a temporary file", "BYTES"
+    )
+    allowed_clients: tuple[IPNetwork, ...] = setting(
+        (), _networks, "client CIDR blocks", "CIDR,..."
+    )
+    allowed_hosts: tuple[str, ...] = setting((), _items, "Host names accepted", "NAME,...")
+    allowed_origins: tuple[str, ...] = setting(
+        (), _origins, "web origins allowed (CORS)", "ORIGIN,..."
+    )
+    ca_bundle: Path | None = setting(None, _path, "extra CA bundle", "PATH")
+    shutdown_timeout: float = setting(
+        25.0, _seconds, "time in-flight requests get on SIGTERM", "SECONDS"
+    )
+    workers: int = setting(1, _count, "processes sharing the port", "N")
+    max_connections: int = setting(100, _count, "upstream connections open at once", "N")
+    # Read as a Pacing: its cap is kept here, its mode in `pacing` (see _complete).
+    api_requests_per_minute: int | None = setting(
+        None,
+        _pacing,
+        "pace API requests: auto (by the upstream's ratelimit headers), N (auto and a cap of N a"
+        " minute) or off",
+        "auto|N|off",
+    )
+    pacing: str = "auto"
+    rate_limit_wait: float = setting(
+        30.0, _seconds_or_zero, "longest a request may be held for the rate limit", "SECONDS"
+    )
+    rewrite_links: bool = setting(
+        True, _on_off, "rewrite the API's absolute links in JSON answers to the proxy", "on|off"
+    )
+    link_origins: tuple[str, ...] = setting(
+        (), _origins, "more origins whose links come back through the proxy", "URL,..."
+    )
+    redis_url: Secret | None = setting(
+        None, _redis_url, "Redis shared by a fleet of proxies", "URL"
+    )
+    redis_password_file: Path | None = setting(
+        None, _path, "file holding the Redis password", "PATH"
+    )
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+
+def _option(spec: Field[Any]) -> Option:
+    env = spec.metadata["env"] or "AGENTSYNC_PROXY_" + spec.name.upper()
+    return Option(
+        spec.name, env, spec.metadata["parse"], spec.metadata["help"], spec.metadata["metavar"]
+    )
+
+
+# The inputs that are no field: where more settings are read from, and the client secret's two
+# sources, which _complete makes into Settings.client_secret.
+INPUTS = (
+    Option("config", "AGENTSYNC_PROXY_CONFIG", _path, "TOML configuration file", "FILE"),
     Option("client_secret", "AGENTSYNC_CLIENT_SECRET", _nonempty, "client secret", flag=False),
     Option(
         "client_secret_file",
         "AGENTSYNC_CLIENT_SECRET_FILE",
         _path,
         "file holding the client secret, re-read at every token request",
-        metavar="PATH",
-    ),
-    Option("scope", "AGENTSYNC_SCOPE", _text, "space-separated scopes to request", metavar='"A B"'),
-    Option("client_auth", "AGENTSYNC_CLIENT_AUTH", _choice("post", "basic"), "post or basic"),
-    Option("config", "AGENTSYNC_PROXY_CONFIG", _path, "TOML configuration file", metavar="FILE"),
-    Option(
-        "log_format", "AGENTSYNC_PROXY_LOG_FORMAT", _choice("json", "console"), "json or console"
-    ),
-    Option("log_level", "AGENTSYNC_PROXY_LOG_LEVEL", _log_level, "log level", metavar="LEVEL"),
-    Option("log_query", "AGENTSYNC_PROXY_LOG_QUERY", _bool, "log query values unmasked"),
-    Option("log_probes", "AGENTSYNC_PROXY_LOG_PROBES", _bool, "log /-/ probe requests"),
-    Option(
-        "refresh_margin",
-        "AGENTSYNC_PROXY_REFRESH_MARGIN",
-        _seconds_or_zero,
-        "renew the token this long before it expires",
-        metavar="SECONDS",
-    ),
-    Option(
-        "token_requests_per_minute",
-        "AGENTSYNC_PROXY_TOKEN_REQUESTS_PER_MINUTE",
-        _count,
-        "cap on token requests per minute",
-        metavar="N",
-    ),
-    Option(
-        "token_timeout",
-        "AGENTSYNC_PROXY_TOKEN_TIMEOUT",
-        _seconds,
-        "longest a request waits for a token",
-        metavar="SECONDS",
-    ),
-    Option(
-        "default_token_lifetime",
-        "AGENTSYNC_PROXY_DEFAULT_TOKEN_LIFETIME",
-        _seconds,
-        "token lifetime assumed when expires_in is missing or malformed",
-        metavar="SECONDS",
-    ),
-    Option(
-        "connect_timeout",
-        "AGENTSYNC_PROXY_CONNECT_TIMEOUT",
-        _seconds,
-        "connect timeout",
-        metavar="SECONDS",
-    ),
-    Option(
-        "upstream_timeout",
-        "AGENTSYNC_PROXY_UPSTREAM_TIMEOUT",
-        _seconds,
-        "no response or no bytes for this long",
-        metavar="SECONDS",
-    ),
-    Option(
-        "client_timeout",
-        "AGENTSYNC_PROXY_CLIENT_TIMEOUT",
-        _seconds,
-        "no byte of a request body from the client for this long",
-        metavar="SECONDS",
-    ),
-    Option(
-        "max_body_size",
-        "AGENTSYNC_PROXY_MAX_BODY_SIZE",
-        _count,
-        "largest request body",
-        metavar="BYTES",
-    ),
-    Option(
-        "spool_threshold",
-        "AGENTSYNC_PROXY_SPOOL_THRESHOLD",
-        _count,
-        "request bodies above this size are kept in a temporary file",
-        metavar="BYTES",
-    ),
-    Option(
-        "allowed_clients",
-        "AGENTSYNC_PROXY_ALLOWED_CLIENTS",
-        _networks,
-        "client CIDR blocks",
-        metavar="CIDR,...",
-    ),
-    Option(
-        "allowed_hosts",
-        "AGENTSYNC_PROXY_ALLOWED_HOSTS",
-        _items,
-        "Host names accepted",
-        metavar="NAME,...",
-    ),
-    Option(
-        "allowed_origins",
-        "AGENTSYNC_PROXY_ALLOWED_ORIGINS",
-        _origins,
-        "web origins allowed (CORS)",
-        metavar="ORIGIN,...",
-    ),
-    Option("ca_bundle", "AGENTSYNC_PROXY_CA_BUNDLE", _path, "extra CA bundle", metavar="PATH"),
-    Option(
-        "shutdown_timeout",
-        "AGENTSYNC_PROXY_SHUTDOWN_TIMEOUT",
-        _seconds,
-        "time in-flight requests get on SIGTERM",
-        metavar="SECONDS",
-    ),
-    Option("workers", "AGENTSYNC_PROXY_WORKERS", _count, "processes sharing the port", metavar="N"),
-    Option(
-        "max_connections",
-        "AGENTSYNC_PROXY_MAX_CONNECTIONS",
-        _count,
-        "upstream connections open at once",
-        metavar="N",
-    ),
-    Option(
-        "api_requests_per_minute",
-        "AGENTSYNC_PROXY_API_REQUESTS_PER_MINUTE",
-        _pacing,
-        "pace API requests: auto (by the upstream's ratelimit headers), N (auto and a cap of"
-        " N a minute) or off",
-        metavar="auto|N|off",
-    ),
-    Option(
-        "rate_limit_wait",
-        "AGENTSYNC_PROXY_RATE_LIMIT_WAIT",
-        _seconds_or_zero,
-        "longest a request may be held for the rate limit",
-        metavar="SECONDS",
-    ),
-    Option(
-        "rewrite_links",
-        "AGENTSYNC_PROXY_REWRITE_LINKS",
-        _on_off,
-        "rewrite the API's absolute links in JSON answers to the proxy",
-        metavar="on|off",
-    ),
-    Option(
-        "link_origins",
-        "AGENTSYNC_PROXY_LINK_ORIGINS",
-        _origins,
-        "more origins whose links come back through the proxy",
-        metavar="URL,...",
-    ),
-    Option(
-        "redis_url",
-        "AGENTSYNC_PROXY_REDIS_URL",
-        _redis_url,
-        "Redis shared by a fleet of proxies",
-        metavar="URL",
-    ),
-    Option(
-        "redis_password_file",
-        "AGENTSYNC_PROXY_REDIS_PASSWORD_FILE",
-        _path,
-        "file holding the Redis password",
-        metavar="PATH",
+        "PATH",
     ),
 )
+OPTIONS = (*INPUTS, *(_option(spec) for spec in fields(Settings) if spec.metadata))
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 _TOML_KEYS = {option.name for option in OPTIONS if option.flag and option.name != "config"}
 
@@ -566,7 +495,7 @@ def _complete(
         return sources.get(name, OPTIONS_BY_NAME[name].env)
 
     environments = load_environments()
-    name = values.setdefault("environment", "sandbox")
+    name = values.setdefault("environment", Settings.environment)
     environment = environments.get(name)
     if environment is None:
         known = ", ".join(environments)
@@ -631,8 +560,9 @@ def _complete(
             f" {workers} (one token request a minute each), not {cap}: lower --workers or raise"
             " the cap"
         )
-    if "api_requests_per_minute" in values:
-        values["pacing"], values["api_requests_per_minute"] = values["api_requests_per_minute"]
+    # One setting, two fields: whether API requests are paced at all, and a cap on top of auto.
+    pacing: Pacing = values.pop("api_requests_per_minute", Pacing())
+    values.update(pacing=pacing.mode, api_requests_per_minute=pacing.cap)
     ca_bundle: Path | None = values.get("ca_bundle")
     problem = _ca_bundle_problem(ca_bundle) if ca_bundle is not None else None
     if problem:

@@ -24,6 +24,10 @@ RETRY_AFTER_CAP = 120.0
 # Numbers from the token endpoint are ASCII digits only: str.isdigit() also accepts "²", which
 # float() refuses, and "٣", which float() reads as 3.
 _ASCII_DIGITS = re.compile(r"[0-9]+")
+# A token the Authorization header can carry: visible ASCII. One with a control character (CR,
+# LF, NUL) or a non-ASCII character cannot be sent and would fail every request; a bearer token
+# never holds a space either (RFC 6750's b64token).
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,6 +139,12 @@ class TokenEndpoint:
         access_token = payload.get("access_token")
         if not isinstance(access_token, str) or not access_token:
             raise TokenUnavailable("the token endpoint answered 200 without an access_token")
+        if not _HEADER_SAFE.fullmatch(access_token):
+            raise TokenRejected(
+                "the token endpoint issued an access_token that an HTTP header cannot carry"
+                " (control, space or non-ASCII characters); check that AGENTSYNC_TOKEN_URL is"
+                " AgentSync's token endpoint, and if it is, report the answer to AgentSync support"
+            )
         token_type = payload.get("token_type", "Bearer")
         if not isinstance(token_type, str) or token_type.lower() != "bearer":
             raise TokenRejected(

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -132,6 +133,97 @@ async def test_a_password_in_a_url_is_refused_and_never_printed(flag: str) -> No
 async def test_version() -> None:
     result = await run_cli("--version")
     assert (result.status, result.stdout.strip()) == (0, f"agentsync-proxy {__version__}")
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+async def test_help_lists_every_command(flag: str) -> None:
+    result = await run_cli(flag)
+    assert result.status == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for command in ("serve", "check", "demo", "simulator"):
+        [line] = [line for line in lines if line.split()[:1] == [command]]
+        assert len(line.split()) > 3  # and what it does
+    assert "`agentsync-proxy COMMAND --help` shows that command's options" in result.stdout
+
+
+# Every setting's flag and environment variable, as documented.
+SETTING_FLAGS = {
+    "--config": "AGENTSYNC_PROXY_CONFIG",
+    "--client-secret-file": "AGENTSYNC_CLIENT_SECRET_FILE",
+    "--listen": "AGENTSYNC_PROXY_LISTEN",
+    "--environment": "AGENTSYNC_ENVIRONMENT",
+    "--api-base-url": "AGENTSYNC_API_BASE_URL",
+    "--token-url": "AGENTSYNC_TOKEN_URL",
+    "--client-id": "AGENTSYNC_CLIENT_ID",
+    "--scope": "AGENTSYNC_SCOPE",
+    "--client-auth": "AGENTSYNC_CLIENT_AUTH",
+    "--log-format": "AGENTSYNC_PROXY_LOG_FORMAT",
+    "--log-level": "AGENTSYNC_PROXY_LOG_LEVEL",
+    "--log-query": "AGENTSYNC_PROXY_LOG_QUERY",
+    "--log-probes": "AGENTSYNC_PROXY_LOG_PROBES",
+    "--refresh-margin": "AGENTSYNC_PROXY_REFRESH_MARGIN",
+    "--token-requests-per-minute": "AGENTSYNC_PROXY_TOKEN_REQUESTS_PER_MINUTE",
+    "--token-timeout": "AGENTSYNC_PROXY_TOKEN_TIMEOUT",
+    "--default-token-lifetime": "AGENTSYNC_PROXY_DEFAULT_TOKEN_LIFETIME",
+    "--connect-timeout": "AGENTSYNC_PROXY_CONNECT_TIMEOUT",
+    "--upstream-timeout": "AGENTSYNC_PROXY_UPSTREAM_TIMEOUT",
+    "--client-timeout": "AGENTSYNC_PROXY_CLIENT_TIMEOUT",
+    "--max-body-size": "AGENTSYNC_PROXY_MAX_BODY_SIZE",
+    "--spool-threshold": "AGENTSYNC_PROXY_SPOOL_THRESHOLD",
+    "--allowed-clients": "AGENTSYNC_PROXY_ALLOWED_CLIENTS",
+    "--allowed-hosts": "AGENTSYNC_PROXY_ALLOWED_HOSTS",
+    "--allowed-origins": "AGENTSYNC_PROXY_ALLOWED_ORIGINS",
+    "--ca-bundle": "AGENTSYNC_PROXY_CA_BUNDLE",
+    "--shutdown-timeout": "AGENTSYNC_PROXY_SHUTDOWN_TIMEOUT",
+    "--workers": "AGENTSYNC_PROXY_WORKERS",
+    "--max-connections": "AGENTSYNC_PROXY_MAX_CONNECTIONS",
+    "--api-requests-per-minute": "AGENTSYNC_PROXY_API_REQUESTS_PER_MINUTE",
+    "--rate-limit-wait": "AGENTSYNC_PROXY_RATE_LIMIT_WAIT",
+    "--rewrite-links": "AGENTSYNC_PROXY_REWRITE_LINKS",
+    "--link-origins": "AGENTSYNC_PROXY_LINK_ORIGINS",
+    "--redis-url": "AGENTSYNC_PROXY_REDIS_URL",
+    "--redis-password-file": "AGENTSYNC_PROXY_REDIS_PASSWORD_FILE",
+}
+
+
+def options_of(help_text: str) -> dict[str, str]:
+    """Each option of an argparse --help, with the rest of its entry on one line."""
+    listed = help_text.partition("\noptions:\n")[2].partition("\n\n")[0]
+    entries = (" ".join(entry.split()) for entry in re.split(r"\n  (?=-)", listed))
+    return {entry.split()[0].rstrip(","): entry for entry in entries if entry}
+
+
+@pytest.mark.parametrize("command", ["serve", "check"])
+async def test_command_help_lists_every_setting_with_its_variable(command: str) -> None:
+    result = await run_cli(command, "--help")
+    assert result.status == 0, result.stderr
+    options = options_of(result.stdout)
+    assert options["--rate-limit-wait"].endswith("(env AGENTSYNC_PROXY_RATE_LIMIT_WAIT)")
+    variables = {
+        flag: found.group(1)
+        for flag, entry in options.items()
+        if (found := re.search(r"\(env (\w+)\)$", entry))
+    }
+    assert variables == SETTING_FLAGS
+    # The secret has no flag: the text below the options names its variable.
+    assert "AGENTSYNC_CLIENT_SECRET" in result.stdout.replace("AGENTSYNC_CLIENT_SECRET_FILE", "")
+
+
+@pytest.mark.parametrize(
+    ("command", "flags"),
+    [
+        ("demo", {"--listen", "--simulator-listen", "--token-lifetime", "--log-format"}),
+        ("simulator", {"--listen", "--client-secret", "--scopes", "--token-lifetime"}),
+    ],
+)
+async def test_demo_and_simulator_help_show_their_own_options(
+    command: str, flags: set[str]
+) -> None:
+    result = await run_cli(command, "-h")
+    assert result.status == 0, result.stderr
+    options = options_of(result.stdout)
+    assert flags <= set(options)
+    assert "--rate-limit-wait" not in options
 
 
 async def test_sigterm_lets_in_flight_requests_finish_and_exits_0(

@@ -1,7 +1,9 @@
-"""How the token endpoint's answers are read: Retry-After and expires_in, odd values included."""
+"""How the token endpoint's answers are read: Retry-After, expires_in and the access token, odd
+values included."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -13,8 +15,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.credentials import ClientSecret, Secret
-from proxy.errors import TokenUnavailable
+from proxy.errors import TokenRejected, TokenUnavailable
 from proxy.token_endpoint import RETRY_AFTER_CAP, TokenEndpoint, retry_after_seconds
+from tests.conftest import ProxyFactory
+from tests.rawhttp import RawUpstream
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 NOW = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC).timestamp()
@@ -159,3 +163,73 @@ async def test_expires_in_as_a_number_or_a_string_of_digits_is_the_lifetime(
         expires_in.encode()
     )
     assert (await endpoint.fetch()).lifetime == lifetime
+
+
+# Characters an Authorization header cannot carry: the token would fail every request.
+UNSENDABLE_TOKENS = [
+    "abc\ndef",
+    "abc\r\ndef",
+    "abc\x00def",
+    "abc\x1bdef",
+    "abc\x7fdef",
+    "abc\tdef",
+    "abc def",
+    " abcdef",
+    "abc\u00e9def",
+    "abc\u2028def",
+]
+
+
+@pytest.mark.parametrize("token", UNSENDABLE_TOKENS)
+async def test_a_token_that_cannot_stand_in_a_header_is_a_rejected_answer(
+    answering: tuple[TokenEndpointAnswering, TokenEndpoint], token: str
+) -> None:
+    answers, endpoint = answering
+    answers.body = json.dumps(
+        {"access_token": token, "token_type": "Bearer", "expires_in": 3600}
+    ).encode()
+    with pytest.raises(TokenRejected) as rejected:
+        await endpoint.fetch()
+    assert "AGENTSYNC_TOKEN_URL" in rejected.value.description
+    assert token not in str(rejected.value) and "abc" not in rejected.value.description
+
+
+async def test_a_token_of_visible_ascii_is_taken_as_it_is(
+    answering: tuple[TokenEndpointAnswering, TokenEndpoint],
+) -> None:
+    answers, endpoint = answering
+    token = "eyJ0eXAi.eyJzdWIi-_~+/=.sig!#$%&'*^`|"
+    answers.body = json.dumps({"access_token": token, "token_type": "Bearer"}).encode()
+    assert (await endpoint.fetch()).value.reveal() == token
+
+
+async def test_token_with_a_newline_is_rejected_not_500(
+    make_proxy: ProxyFactory, upstream: RawUpstream, aiohttp_server: ServerFactory
+) -> None:
+    token_requests = 0
+
+    async def token(request: web.Request) -> web.Response:
+        nonlocal token_requests
+        token_requests += 1
+        body = {"access_token": "Zq9sekret\nXw7tail", "token_type": "Bearer", "expires_in": 3600}
+        return web.json_response(body)
+
+    app = web.Application()
+    app.router.add_post("/oauth2/token", token)
+    server = await aiohttp_server(app)
+    with structlog.testing.capture_logs() as logs:
+        proxy = await make_proxy(token_url=str(server.make_url("/oauth2/token")))
+        async with aiohttp.ClientSession() as session:
+            for _ in range(20):
+                async with session.get(f"{proxy.url}/v1/x") as response:
+                    assert response.status == 502
+                    text = await response.text()
+    body = json.loads(text)
+    assert body["error"] == "token_request_rejected"
+    assert "AGENTSYNC_TOKEN_URL" in body["error_description"]
+    assert upstream.received == []
+    assert token_requests == 1  # remembered, not asked again for every request
+    [event] = [entry for entry in logs if entry["event"] == "token_request_rejected"]
+    assert "header" in event["error"]
+    for shown in (text, repr(logs)):
+        assert "Zq9sekret" not in shown and "Xw7tail" not in shown
