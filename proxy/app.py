@@ -166,6 +166,9 @@ async def forward(request: web.Request) -> web.StreamResponse:
         # The client went away; 499 is what the access log calls it (nginx's convention).
         exchange.status, exchange.error = 499, "client_disconnected"
         return web.Response(status=499)
+    except asyncio.CancelledError:  # the client hung up (the server cancels its handler)
+        exchange.status, exchange.error = 499, "client_disconnected"
+        raise
     except Exception:
         log.exception("request_failed", request_id=exchange.request_id)
         exchange.status, exchange.error = 500, "internal_error"

@@ -56,7 +56,9 @@ async def listen(runner: web.AppRunner, flag: str, host: str, port: int, **optio
 async def _start(
     app: web.Application, flag: str, host: str, port: int
 ) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # A client that hangs up cancels its request: a request held for the rate limit gives its
+    # slot back, and nothing more goes upstream for it.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
     try:
         await listen(runner, flag, host, port)

@@ -73,7 +73,11 @@ def run(settings: Settings, *, reuse_port: bool) -> int:
 async def _run(settings: Settings, reuse_port: bool) -> int:
     app = create_app(settings)
     runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=settings.shutdown_timeout
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=settings.shutdown_timeout,
+        handler_cancellation=True,  # a client that hangs up cancels its request
     )
     await runner.setup()
     try:
