@@ -48,6 +48,7 @@ class Exchange:
     replayed: bool = False
     replay_reason: int = 401  # the upstream status that caused the (last) replay
     held_seconds: float = 0.0  # held for the API's rate limit
+    links_rewritten: bool = False
     bytes_in: int = 0
     bytes_out: int = 0
     error: str | None = None
@@ -67,6 +68,8 @@ class Exchange:
         metrics.answered(self.method, self.status, seconds, self.bytes_in, self.bytes_out)
         if self.upstream_seconds is not None:
             metrics.upstream_duration.observe(self.upstream_seconds)
+        if self.links_rewritten:
+            metrics.links_rewritten()
         if self.replayed:
             metrics.replayed(self.replay_reason, self._replay_outcome())
         if self.error is not None:

@@ -12,7 +12,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from proxy import clients, forwarding, guard, operations
+from proxy import answers, clients, forwarding, guard, operations
 from proxy.access import Exchange
 from proxy.body import CapturedBody, too_large_description
 from proxy.errors import (
@@ -21,7 +21,8 @@ from proxy.errors import (
     error_response,
     upstream_failure,
 )
-from proxy.keys import CLIENT, METRICS, PACER, SETTINGS, SHUTTING_DOWN, TOKENS, UPSTREAM
+from proxy.keys import CLIENT, LINKS, METRICS, PACER, SETTINGS, SHUTTING_DOWN, TOKENS, UPSTREAM
+from proxy.links import LinkRewriter
 from proxy.metrics import Metrics
 from proxy.pacing import Mode, Pacer
 from proxy.replay import send_with_replay
@@ -41,6 +42,10 @@ def create_app(
     guard.install(app, settings)
     app[SETTINGS] = settings
     app[UPSTREAM] = forwarding.Upstream.from_base_url(settings.api_base_url)
+    # A Location on the API always comes back through the proxy; links in bodies and Link
+    # headers with --rewrite-links, from the --link-origins too.
+    origins = settings.link_origins if settings.rewrite_links else ()
+    app[LINKS] = LinkRewriter.for_upstream(settings.api_base_url, origins)
     app[SHUTTING_DOWN] = asyncio.Event()
     app[METRICS] = metrics = Metrics()
     mode: Mode = "off" if settings.pacing == "off" else settings.api_requests_per_minute or "auto"
@@ -130,6 +135,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
             request.headers,
             exchange.request_id,
             _length(request, body),
+            decodable_only=settings.rewrite_links,
         )
         session = app[CLIENT]
         sent_at = time.perf_counter()
@@ -148,14 +154,15 @@ async def forward(request: web.Request) -> web.StreamResponse:
         exchange.upstream_seconds = time.perf_counter() - sent_at
         async with answer as upstream_response:
             exchange.status = exchange.upstream_status = upstream_response.status
-            out_headers = forwarding.response_headers(
+            out_headers = answers.response_headers(
                 upstream_response.headers,
                 exchange.request_id,
-                lambda location: upstream.rewrite_location(
-                    location, f"{request.scheme}://{request.host}"
-                ),
+                app[LINKS],
+                f"http://{request.host}",
+                link_headers=settings.rewrite_links,
             )
-            return await forwarding.relay(request, upstream_response, out_headers, exchange)
+            rewriter = app[LINKS] if settings.rewrite_links else None
+            return await answers.relay(request, upstream_response, out_headers, exchange, rewriter)
     except ProxyError as error:
         exchange.status, exchange.error = error.status, error.code
         response = error_response(error, exchange.request_id)

@@ -1,20 +1,17 @@
-"""What goes to the upstream and what comes back: the target kept byte for byte, hop-by-hop
-headers dropped both ways, the bearer token set, the answer streamed through."""
+"""What goes to the upstream: the target kept byte for byte, never sent anywhere but the API
+base URL, hop-by-hop headers dropped, the bearer token set."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
-from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from proxy.access import Exchange
 from proxy.body import CapturedBody
-from proxy.errors import AuthHostRefused, BadRequest, TargetNotAllowed, upstream_broke_off
+from proxy.errors import AuthHostRefused, BadRequest, TargetNotAllowed
 from proxy.settings import is_auth_host
 from proxy.token_endpoint import Token
 
@@ -35,16 +32,15 @@ HOP_BY_HOP = frozenset(
 # Never copied from the client: the proxy sets these itself.
 REQUEST_OWN = frozenset({"host", "content-length", "expect", "authorization", "x-request-id"})
 _REQUEST_DROPPED = HOP_BY_HOP | REQUEST_OWN
-_RESPONSE_DROPPED = HOP_BY_HOP | {"x-request-id"}  # the client gets the proxy's request id
-# Answers up to this size, with a Content-Length, are read whole and sent in one write.
+# Bodies up to this size, with a Content-Length, are read whole and sent in one write.
 SMALL_BODY = 64 * 1024
-# An answer's body that stops before its end, or stalls for the upstream timeout.
-BODY_BROKE_OFF = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError)
+# What the proxy can decode to rewrite the links of a JSON answer.
+DECODABLE = frozenset({"gzip", "x-gzip", "deflate", "identity"})
 _ABSOLUTE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)(.*)", re.DOTALL)
 Headers = CIMultiDictProxy[str] | CIMultiDict[str]
 
 
-def _dropped(headers: Headers, always: frozenset[str]) -> frozenset[str]:
+def dropped(headers: Headers, always: frozenset[str]) -> frozenset[str]:
     """`always`, plus the names the Connection header lists."""
     listed = headers.getall("Connection", ())
     if not listed:
@@ -54,30 +50,35 @@ def _dropped(headers: Headers, always: frozenset[str]) -> frozenset[str]:
 
 
 def request_headers(
-    incoming: CIMultiDictProxy[str], request_id: str, body_size: int | None
+    incoming: CIMultiDictProxy[str],
+    request_id: str,
+    body_size: int | None,
+    *,
+    decodable_only: bool = False,
 ) -> list[tuple[str, str]]:
-    """The client's end-to-end headers, without Authorization; the token is added per send."""
-    drop = _dropped(incoming, _REQUEST_DROPPED)
+    """The client's end-to-end headers, without Authorization; the token is added per send.
+    With `decodable_only`, Accept-Encoding keeps only the codings whose answers the proxy can
+    decode (an answer in br could not have its links rewritten)."""
+    drop = dropped(incoming, _REQUEST_DROPPED)
     headers = [(name, value) for name, value in incoming.items() if name.lower() not in drop]
+    if decodable_only:
+        headers = [
+            (name, _decodable(value) if name.lower() == "accept-encoding" else value)
+            for name, value in headers
+        ]
+        headers = [
+            (name, value) for name, value in headers if value or name.lower() != "accept-encoding"
+        ]
     headers.append(("X-Request-Id", request_id))
     if body_size is not None:
         headers.append(("Content-Length", str(body_size)))
     return headers
 
 
-def response_headers(
-    incoming: Headers, request_id: str, rewrite_location: Callable[[str], str]
-) -> list[tuple[str, str]]:
-    """The upstream's end-to-end headers, a Location rewritten, and the request id."""
-    drop = _dropped(incoming, _RESPONSE_DROPPED)
-    headers = [(name, value) for name, value in incoming.items() if name.lower() not in drop]
-    if "Location" in incoming:
-        headers = [
-            (name, rewrite_location(value) if name.lower() == "location" else value)
-            for name, value in headers
-        ]
-    headers.append(("X-Request-Id", request_id))
-    return headers
+def _decodable(accept_encoding: str) -> str:
+    codings = [item.strip() for item in accept_encoding.split(",")]
+    kept = [item for item in codings if item.partition(";")[0].strip().lower() in DECODABLE]
+    return ", ".join(kept)
 
 
 @dataclass(frozen=True)
@@ -125,12 +126,6 @@ class Upstream:
             )
         return rest if rest.startswith("/") else "/" + rest
 
-    def rewrite_location(self, location: str, proxy_origin: str) -> str:
-        """Point a redirect on the upstream's own origin back at the proxy."""
-        if location.startswith(self.base + "/") or location == self.base:
-            return proxy_origin + location[len(self.base) :]
-        return location
-
 
 def bearer(token: Token) -> str:
     return "Bearer " + token.value.reveal()
@@ -154,59 +149,3 @@ async def send(
         data=None if body is None else body.payload(),
         allow_redirects=False,
     )
-
-
-async def relay(
-    request: web.Request,
-    upstream: aiohttp.ClientResponse,
-    headers: list[tuple[str, str]],
-    exchange: Exchange,
-) -> web.StreamResponse:
-    """Stream the upstream's answer to the client, counting the body bytes sent.
-
-    An upstream body that breaks off aborts the client's connection, so that a cut answer
-    never looks complete."""
-    has_body = request.method != "HEAD" and upstream.status not in (204, 304)
-    length = upstream.content_length
-    if has_body and length is not None and length <= SMALL_BODY:
-        return await _whole(upstream, headers, exchange)
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
-    await response.prepare(request)
-    if not has_body:
-        await response.write_eof()
-        return response
-    while True:
-        try:
-            chunk = await upstream.content.readany()
-        except BODY_BROKE_OFF:
-            exchange.error = "upstream_broke_off"
-            _abort(request)
-            return response
-        if not chunk:
-            break
-        if exchange.bytes_out == 0 and upstream.status == 403:
-            exchange.scope_hint(chunk)
-        await response.write(chunk)  # a client gone raises ConnectionError: the caller releases
-        exchange.bytes_out += len(chunk)
-    await response.write_eof()
-    return response
-
-
-async def _whole(
-    upstream: aiohttp.ClientResponse, headers: list[tuple[str, str]], exchange: Exchange
-) -> web.Response:
-    """A small answer of known length is read first and sent in one write: headers and body
-    leave together, and a body that breaks off becomes a clean 502."""
-    try:
-        body = await upstream.read()
-    except BODY_BROKE_OFF:
-        raise upstream_broke_off() from None
-    if upstream.status == 403:
-        exchange.scope_hint(body)
-    exchange.bytes_out = len(body)
-    return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
-
-
-def _abort(request: web.Request) -> None:
-    if request.transport is not None:
-        request.transport.abort()

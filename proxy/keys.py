@@ -8,6 +8,7 @@ import aiohttp
 from aiohttp import web
 
 from proxy.forwarding import Upstream
+from proxy.links import LinkRewriter
 from proxy.metrics import Metrics
 from proxy.pacing import Pacer
 from proxy.settings import Settings
@@ -18,5 +19,6 @@ TOKENS = web.AppKey("tokens", TokenSource)
 UPSTREAM = web.AppKey("upstream", Upstream)
 CLIENT = web.AppKey("upstream_session", aiohttp.ClientSession)
 METRICS = web.AppKey("metrics", Metrics)
+LINKS = web.AppKey("links", LinkRewriter)
 PACER = web.AppKey("pacer", Pacer)
 SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)

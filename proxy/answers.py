@@ -1,0 +1,168 @@
+"""What comes back to the client: the upstream's answer streamed through, hop-by-hop headers
+dropped, and the API's links (Location, Link, and in JSON bodies) pointed back at the proxy."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import structlog
+from aiohttp import web
+from multidict import CIMultiDictProxy
+
+from proxy import links
+from proxy.access import Exchange
+from proxy.errors import upstream_broke_off
+from proxy.forwarding import HOP_BY_HOP, SMALL_BODY, dropped
+
+log = structlog.get_logger("proxy.answers")
+_DROPPED = HOP_BY_HOP | {"x-request-id"}  # the client gets the proxy's request id
+# Rewriting a larger answer takes milliseconds: a worker thread does it, the loop going on.
+REWRITE_IN_THREAD = 1 << 20
+# An answer's body that stops before its end, or stalls for the upstream timeout.
+BODY_BROKE_OFF = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError)
+
+
+def response_headers(
+    incoming: CIMultiDictProxy[str],
+    request_id: str,
+    rewriter: links.LinkRewriter,
+    proxy_origin: str,
+    *,
+    link_headers: bool,
+) -> list[tuple[str, str]]:
+    """The upstream's end-to-end headers, the request id, a Location on the API pointed at the
+    proxy, and with `link_headers` the Link header's URLs too."""
+    drop = dropped(incoming, _DROPPED)
+    headers = []
+    for name, value in incoming.items():
+        lower = name.lower()
+        if lower in drop:
+            continue
+        if lower == "location":
+            value = rewriter.url(value, proxy_origin)
+        elif lower == "link" and link_headers:
+            value = rewriter.link_header(value, proxy_origin)
+        headers.append((name, value))
+    headers.append(("X-Request-Id", request_id))
+    return headers
+
+
+async def relay(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    headers: list[tuple[str, str]],
+    exchange: Exchange,
+    rewriter: links.LinkRewriter | None,
+) -> web.StreamResponse:
+    """Stream the upstream's answer to the client, counting the body bytes sent; a JSON answer,
+    with a `rewriter`, is read whole and its links pointed at the proxy.
+
+    An upstream body that breaks off aborts the client's connection, so that a cut answer
+    never looks complete."""
+    has_body = request.method != "HEAD" and upstream.status not in (204, 304)
+    length = upstream.content_length
+    head: bytes = b""
+    if has_body and rewriter is not None and links.is_json(upstream.content_type):
+        if length is None or length <= links.LIMIT:
+            head = await _read_up_to(upstream, links.LIMIT + 1)
+            if len(head) <= links.LIMIT:
+                origin = f"http://{request.host}"
+                return await _rewritten(upstream, head, headers, exchange, rewriter, origin)
+        log.warning(
+            "links_not_rewritten",
+            request_id=exchange.request_id,
+            reason=f"the answer is larger than {links.LIMIT >> 20} MiB",
+        )
+    elif has_body and length is not None and length <= SMALL_BODY:
+        return await _whole(upstream, headers, exchange)
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    await response.prepare(request)
+    if not has_body:
+        await response.write_eof()
+        return response
+    chunk = head
+    while True:
+        if chunk:
+            if exchange.bytes_out == 0 and upstream.status == 403:
+                exchange.scope_hint(chunk)
+            await response.write(chunk)  # a client gone raises ConnectionError
+            exchange.bytes_out += len(chunk)
+        try:
+            chunk = await upstream.content.readany()
+        except BODY_BROKE_OFF:
+            exchange.error = "upstream_broke_off"
+            _abort(request)
+            return response
+        if not chunk:
+            break
+    await response.write_eof()
+    return response
+
+
+async def _read_up_to(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, or its first `limit` bytes or a little more if it is longer."""
+    parts, size = [], 0
+    try:
+        while size < limit and (chunk := await upstream.content.readany()):
+            parts.append(chunk)
+            size += len(chunk)
+    except BODY_BROKE_OFF:
+        raise upstream_broke_off() from None
+    return b"".join(parts)
+
+
+async def _rewritten(
+    upstream: aiohttp.ClientResponse,
+    body: bytes,
+    headers: list[tuple[str, str]],
+    exchange: Exchange,
+    rewriter: links.LinkRewriter,
+    proxy_origin: str,
+) -> web.Response:
+    encoding = upstream.headers.get("Content-Encoding")
+    if len(body) > REWRITE_IN_THREAD:
+        result = await asyncio.to_thread(rewriter.answer, body, encoding, proxy_origin)
+    else:
+        result = rewriter.answer(body, encoding, proxy_origin)
+    if result.skipped is not None:
+        log.warning("links_not_rewritten", request_id=exchange.request_id, reason=result.skipped)
+    if result.changed:
+        exchange.links_rewritten = True
+        headers = [_after_rewrite(name, value) for name, value in headers]
+        headers = [(name, value) for name, value in headers if name.lower() != "content-encoding"]
+        if result.content_encoding:
+            headers.append(("Content-Encoding", result.content_encoding))
+    if upstream.status == 403:
+        exchange.scope_hint(result.body)
+    exchange.bytes_out = len(result.body)
+    # web.Response sets the Content-Length of the body it is given.
+    headers = [(name, value) for name, value in headers if name.lower() != "content-length"]
+    return web.Response(
+        status=upstream.status, reason=upstream.reason, headers=headers, body=result.body
+    )
+
+
+def _after_rewrite(name: str, value: str) -> tuple[str, str]:
+    """A changed body's ETag is no longer the upstream's byte for byte: a strong one is weak."""
+    return (name, links.weak_etag(value)) if name.lower() == "etag" else (name, value)
+
+
+async def _whole(
+    upstream: aiohttp.ClientResponse, headers: list[tuple[str, str]], exchange: Exchange
+) -> web.Response:
+    """A small answer of known length is read first and sent in one write: headers and body
+    leave together, and a body that breaks off becomes a clean 502."""
+    try:
+        body = await upstream.read()
+    except BODY_BROKE_OFF:
+        raise upstream_broke_off() from None
+    if upstream.status == 403:
+        exchange.scope_hint(body)
+    exchange.bytes_out = len(body)
+    return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
+
+
+def _abort(request: web.Request) -> None:
+    if request.transport is not None:
+        request.transport.abort()
