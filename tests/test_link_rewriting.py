@@ -1,0 +1,176 @@
+"""Links in answers on the wire: JSON bodies, Location and Link headers pointed back at the proxy
+as the client reached it, compressed answers re-sent with a correct length, everything else
+byte for byte."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from typing import Any
+
+import aiohttp
+import pytest
+import structlog
+
+from proxy.keys import METRICS
+from proxy.servers import RunningProxy
+from tests.conftest import ProxyFactory
+from tests.rawhttp import RawUpstream, raw_request, reply
+
+pytestmark = pytest.mark.usefixtures("nothing_leaked")
+
+
+def page(base: str) -> bytes:
+    """A ProducerSync v2 page as AgentSync writes it, links absolute."""
+    return (
+        b'{"licenses": [{"npn": "12345", "fee": 1.50}],\n "links": {"next": {"href": "%s/v2/'
+        b'licenses?continuationToken=a%%2Bb"}, "self": {"href": "%s\\/v2\\/licenses"}},'
+        b' "elsewhere": "https://other.example.com/v2/x"}' % (base.encode(), base.encode())
+    )
+
+
+async def get_raw(proxy: RunningProxy, target: str, host: str | None = None) -> Any:
+    host = host or f"127.0.0.1:{proxy.port}"
+    request = f"GET {target} HTTP/1.1\r\nHost: {host}\r\nAccept-Encoding: gzip\r\n\r\n"
+    return await raw_request(proxy.port, request.encode())
+
+
+async def test_json_links_under_the_api_come_back_through_the_proxy(
+    make_proxy: ProxyFactory, upstream: RawUpstream
+) -> None:
+    upstream.responder = reply(200, page(upstream.url), [("Content-Type", "application/json")])
+    proxy = await make_proxy()
+    response = await get_raw(proxy, "/v2/licenses")
+    origin = f"http://127.0.0.1:{proxy.port}"
+    assert response.body == page(origin)  # the link on another origin is left alone
+    assert response.header("Content-Length") == str(len(response.body))
+    assert (
+        proxy.app[METRICS].registry.get_sample_value("agentsync_proxy_links_rewritten_total") == 1
+    )
+
+
+async def test_host_the_client_used_is_the_host_in_links(
+    make_proxy: ProxyFactory, upstream: RawUpstream
+) -> None:
+    upstream.responder = reply(200, page(upstream.url), [("Content-Type", "application/json")])
+    proxy = await make_proxy()
+    response = await get_raw(proxy, "/v2/licenses", host=f"localhost:{proxy.port}")
+    assert response.body == page(f"http://localhost:{proxy.port}")
+    response = await get_raw(proxy, "/v2/licenses", host="127.0.0.1")  # a port-80 name
+    assert response.body == page("http://127.0.0.1")
+
+
+async def test_gzip_answer_rewritten_with_a_correct_length(
+    make_proxy: ProxyFactory, upstream: RawUpstream
+) -> None:
+    compressed = gzip.compress(page(upstream.url))
+    headers = [
+        ("Content-Type", "application/hal+json; charset=utf-8"),
+        ("Content-Encoding", "gzip"),
+        ("ETag", '"v1"'),
+    ]
+    upstream.responder = reply(200, compressed, headers)
+    proxy = await make_proxy()
+    response = await get_raw(proxy, "/v2/licenses")
+    assert response.header("Content-Encoding") == "gzip"
+    assert response.header("Content-Length") == str(len(response.body))
+    assert gzip.decompress(response.body) == page(f"http://127.0.0.1:{proxy.port}")
+    assert response.header("ETag") == 'W/"v1"'
+
+
+async def test_deflate_answer_rewritten_with_a_correct_length(
+    make_proxy: ProxyFactory, upstream: RawUpstream
+) -> None:
+    headers = [("Content-Type", "application/json"), ("Content-Encoding", "deflate")]
+    upstream.responder = reply(200, zlib.compress(page(upstream.url)), headers)
+    proxy = await make_proxy()
+    response = await get_raw(proxy, "/v2/licenses")
+    assert response.header("Content-Length") == str(len(response.body))
+    assert zlib.decompress(response.body) == page(f"http://127.0.0.1:{proxy.port}")
+
+
+async def test_link_and_location_headers(make_proxy: ProxyFactory, upstream: RawUpstream) -> None:
+    base = upstream.url + "/api"
+    link = f'<{base}/v2/x?continuationToken=a%2Bb>; rel="next", <https://else.example/y>; rel="up"'
+    headers = [("Location", f"{base}/v2/created/7"), ("Link", link)]
+    upstream.responder = reply(201, b"{}", headers)
+    proxy = await make_proxy(api_base_url=base)
+    response = await get_raw(proxy, "/v2/x")
+    origin = f"http://127.0.0.1:{proxy.port}"
+    assert response.header("Location") == f"{origin}/v2/created/7"
+    assert response.header("Link") == (
+        f'<{origin}/v2/x?continuationToken=a%2Bb>; rel="next", <https://else.example/y>; rel="up"'
+    )
+
+
+async def test_link_origins_are_rewritten_too(
+    make_proxy: ProxyFactory, upstream: RawUpstream
+) -> None:
+    body = b'{"next": "https://links.example.com/v2/x?p=2"}'
+    upstream.responder = reply(200, body, [("Content-Type", "application/json")])
+    proxy = await make_proxy(link_origins=("https://links.example.com",))
+    response = await get_raw(proxy, "/v2/x")
+    assert json.loads(response.body) == {"next": f"http://127.0.0.1:{proxy.port}/v2/x?p=2"}
+
+
+async def test_large_or_invalid_json_passes_unchanged(
+    make_proxy: ProxyFactory, upstream: RawUpstream
+) -> None:
+    link = f'"{upstream.url}/v2/x"'.encode()
+    large = b"[" + b",".join([link] * 600_000) + b"]"  # over 16 MiB
+    invalid = b'{"next": ' + link + b", oops"
+    bodies = {"/large": large, "/invalid": invalid}
+
+    async def respond(received: Any, writer: Any) -> None:
+        await reply(200, bodies[received.target], [("Content-Type", "application/json")])(
+            received, writer
+        )
+
+    upstream.responder = respond
+    proxy = await make_proxy()
+    with structlog.testing.capture_logs() as logs:
+        for target, body in bodies.items():
+            response = await get_raw(proxy, target)
+            assert response.body == body
+    warnings = [entry for entry in logs if entry["event"] == "links_not_rewritten"]
+    assert len(warnings) == 2
+
+
+async def test_answers_that_are_not_json_stream_untouched(
+    make_proxy: ProxyFactory, upstream: RawUpstream
+) -> None:
+    body = page(upstream.url)
+    upstream.responder = reply(200, body, [("Content-Type", "text/plain")])
+    proxy = await make_proxy()
+    response = await get_raw(proxy, "/v2/licenses")
+    assert response.body == body
+
+
+async def test_rewrite_off_is_byte_identical(
+    make_proxy: ProxyFactory, upstream: RawUpstream
+) -> None:
+    body = page(upstream.url)
+    link = f'<{upstream.url}/v2/x>; rel="next"'
+    headers = [("Content-Type", "application/json"), ("Link", link), ("ETag", '"v1"')]
+    upstream.responder = reply(200, body, headers)
+    proxy = await make_proxy(rewrite_links=False)
+    response = await get_raw(proxy, "/v2/licenses")
+    assert response.body == body
+    assert (response.header("Link"), response.header("ETag")) == (link, '"v1"')
+
+
+async def test_accept_encoding_keeps_only_what_the_proxy_can_decode(
+    make_proxy: ProxyFactory, upstream: RawUpstream
+) -> None:
+    proxy = await make_proxy()
+    async with aiohttp.ClientSession() as session:
+        for sent in ("br, gzip;q=0.8, zstd", "br"):
+            async with session.get(
+                proxy.url + "/v2/x", headers={"Accept-Encoding": sent}
+            ) as response:
+                assert response.status == 200
+    assert [received.header("Accept-Encoding") for received in upstream.received] == [
+        "gzip;q=0.8",
+        None,
+    ]
