@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -13,6 +14,9 @@ from proxy.spool_files import SpoolFiles
 from proxy.tokens import TokenSource
 from proxy.upstream_client import UpstreamClient
 
+if TYPE_CHECKING:  # imports redis: only a proxy with a Redis URL loads it
+    from proxy.fleet import Fleet
+
 SETTINGS = web.AppKey("settings", Settings)
 TOKENS = web.AppKey("tokens", TokenSource)
 UPSTREAM = web.AppKey("upstream", Upstream)
@@ -20,3 +24,4 @@ CLIENT = web.AppKey("upstream_client", UpstreamClient)
 METRICS = web.AppKey("metrics", Metrics)
 SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)
 SPOOL_FILES = web.AppKey("spool_files", SpoolFiles)
+FLEET: web.AppKey[Fleet] = web.AppKey("fleet")  # set only with a Redis URL
