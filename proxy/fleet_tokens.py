@@ -24,7 +24,8 @@ from proxy.tokens import CapReached, RequestCap, TokenFetcher
 log = structlog.get_logger("proxy.fleet")
 POLL_INTERVAL = 0.05  # seconds between looks at Redis while another replica requests the token
 LOCK_SLACK = 5.0  # the lock outlives the longest token request by this much
-FRESH_SLACK = 1.0  # a shared token this close to its renewal time is renewed, not taken
+FRESH_SLACK = 1.0  # a shared token this close to its renewal time (or a tenth of its lifetime)
+# is renewed rather than taken: taken, it would send the replica back for a new one at once
 WINDOW_MS = 60_000
 
 # The entry and its remaining lifetime, read together.
@@ -165,7 +166,8 @@ class FleetTokenFetcher:
         if self._rejected is not None and sealed.value == self._rejected.value:
             return None
         remaining = ttl_ms / 1000
-        if remaining <= min(self.refresh_margin, sealed.lifetime / 2) + FRESH_SLACK:
+        renew_within = min(self.refresh_margin, sealed.lifetime / 2)
+        if remaining <= renew_within + min(FRESH_SLACK, sealed.lifetime / 10):
             return None
         return Token(
             value=sealed.value,

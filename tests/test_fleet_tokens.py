@@ -4,6 +4,7 @@ simulator: eviction by fingerprint, the fleet's cap, damaged entries, bounds and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ from proxy.fleet_tokens import FleetTokenFetcher, join_fleet
 from proxy.redis_link import RedisLink, RedisUnavailable
 from proxy.servers import RunningSimulator, settings_for
 from proxy.settings import Settings
-from proxy.tokens import CapReached
+from proxy.tokens import CapReached, TokenSource
 from tests.redis_server import RedisServer, running_redis
 
 PortFactory = Callable[[], int]
@@ -245,3 +246,30 @@ asyncio.run(main())
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "[]"  # after the proxy's log lines
+
+
+async def test_background_renewals_are_shared(
+    agentsync_simulator: RunningSimulator, redis_server: RedisServer
+) -> None:
+    agentsync_simulator.state.token_lifetime = 3.0  # renewed every 1.5 s
+    settings = fleet_settings(agentsync_simulator, redis_server.url())
+    async with AsyncExitStack() as stack:
+        sources = []
+        for _ in range(3):
+            _, fetcher = await stack.enter_async_context(replica(settings))
+            source = TokenSource(fetcher, refresh_margin=settings.refresh_margin)
+            sources.append(source)
+            stack.push_async_callback(stopped, asyncio.get_running_loop().create_task(source.run()))
+            stack.push_async_callback(source.close)
+        await asyncio.sleep(3.75)  # the renewals themselves are what this test watches
+        tokens = {source.current.value.reveal() for source in sources if source.current}
+    # 0 s, 1.5 s and 3 s for the whole fleet (a renewal late on a loaded machine adds one);
+    # three replicas on their own would have made nine.
+    assert 3 <= agentsync_simulator.state.token_requests <= 4
+    assert len(tokens) == 1
+
+
+async def stopped(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
