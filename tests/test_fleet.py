@@ -7,8 +7,11 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
 import secrets
+import shutil
 import signal
+import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -447,3 +450,22 @@ async def test_workers_share_one_token_through_redis(
         assert await burst([replica], 100) == [200] * 100
     assert agentsync_simulator.state.token_requests == 2
     assert fleet_requests([replica]) == (2, 0)
+
+
+async def test_make_fleet_shows_one_token_request_for_three_proxies() -> None:
+    if shutil.which("redis-server") is None and not os.environ.get("CI"):
+        pytest.skip("redis-server is not installed: apt-get install redis-server")
+    script = Path(__file__).parents[1] / "fleet" / "run.py"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        "--exit",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 90)
+    assert process.returncode == 0, err.decode()
+    text = out.decode()
+    assert text.count("curl -s 'http://127.0.0.1:") == 4  # three proxies and the stats
+    assert "A burst of 30 requests through the 3 proxies: {200: 30}" in text
+    assert "token requests for the whole fleet: 1" in text
