@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -273,3 +274,27 @@ async def stopped(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def test_the_readmes_acl_allows_everything_the_fleet_does(
+    agentsync_simulator: RunningSimulator, redis_server: RedisServer
+) -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    (line,) = [line for line in readme.splitlines() if line.startswith("ACL SETUSER ")]
+    command = line.replace(">PASSWORD", ">the-acl-password").split()
+    admin = Redis.from_url(redis_server.url())
+    try:
+        assert await admin.execute_command(*command) in (b"OK", "OK", True)
+    finally:
+        await admin.aclose()
+    url = f"redis://agentsync-proxy:the-acl-password@127.0.0.1:{redis_server.port}/3"
+    settings = fleet_settings(agentsync_simulator, url)
+    states: list[bool] = []
+    async with replica(settings) as (fleet, fetcher):
+        fleet.link.add_listener(states.append)
+        fetcher.rejected(await fetcher.fetch())
+        await fetcher.fetch()
+        await fleet.announce()
+        assert fleet.redis_up
+    assert states == []  # never down: no command was refused
+    assert agentsync_simulator.state.token_requests == 2
