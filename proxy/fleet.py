@@ -17,6 +17,9 @@ from proxy.settings import Settings
 log = structlog.get_logger("proxy.fleet")
 KEY_PREFIX = "agentsync-proxy:"  # every key of the proxy's: an ACL can allow ~agentsync-proxy:*
 HEARTBEAT = 2.0  # seconds between announcements; a replica counts as alive for three of them
+# The first call connects (TLS, the CA store loaded): at start-up, before the proxy listens,
+# it may take longer than the bound on later calls without holding up any request.
+START_TIMEOUT = 1.0
 
 # The replicas heard from within the last ARGV[2] ms, by Redis's clock (replicas' clocks differ).
 _ANNOUNCE = """
@@ -66,14 +69,15 @@ class Fleet:
     async def start(self) -> None:
         """Announce this replica once (so the first token request already knows the fleet),
         then keep announcing it in the background."""
-        await self.announce()
+        await self.announce(within=START_TIMEOUT)
         self._beating = asyncio.get_running_loop().create_task(self._beat())
 
-    async def announce(self) -> None:
+    async def announce(self, *, within: float | None = None) -> None:
         ttl_ms = str(round(self.heartbeat * 3 * 1000))
         with contextlib.suppress(RedisUnavailable):
             count = await self.link.probe(
-                lambda _: self._announce(keys=[self.key("replicas")], args=[self.replica, ttl_ms])
+                lambda _: self._announce(keys=[self.key("replicas")], args=[self.replica, ttl_ms]),
+                within=within,
             )
             self._alive = max(1, int(count))
 

@@ -143,15 +143,17 @@ class RedisLink:
             raise RedisUnavailable(self._down_reason)
         return await self.probe(operation)
 
-    async def probe(self, operation: Operation[T]) -> T:
+    async def probe(self, operation: Operation[T], *, within: float | None = None) -> T:
+        """Try Redis even if it is known to be down; `within` seconds instead of the bound."""
         if self._broken is not None:
             self._went_down(self._broken)
             raise RedisUnavailable(self._broken)
+        bound = self.timeout if within is None else within
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(bound):
                 result = await operation(self.client)
         except (RedisError, OSError, TimeoutError) as exc:
-            reason = f"Redis at {self.address}: {self._reason(exc)}"
+            reason = f"Redis at {self.address}: {self._reason(exc, bound)}"
             self._went_down(reason)
             raise RedisUnavailable(reason) from None
         self._came_up()
@@ -189,9 +191,9 @@ class RedisLink:
         for listener in self._listeners:
             listener(up)
 
-    def _reason(self, error: BaseException) -> str:
+    def _reason(self, error: BaseException, timeout: float) -> str:
         """What went wrong, in words of our own: redis-py's messages are not ours to vouch for."""
-        return self._scrubbed(_describe(error, self.timeout))
+        return self._scrubbed(_describe(error, timeout))
 
     def _scrubbed(self, text: str) -> str:
         if self._password is not None and self._password.reveal():
