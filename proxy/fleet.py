@@ -17,9 +17,6 @@ from proxy.settings import Settings
 log = structlog.get_logger("proxy.fleet")
 KEY_PREFIX = "agentsync-proxy:"  # every key of the proxy's: an ACL can allow ~agentsync-proxy:*
 HEARTBEAT = 2.0  # seconds between announcements; a replica counts as alive for three of them
-# The first call connects (TLS, the CA store loaded): at start-up, before the proxy listens,
-# it may take longer than the bound on later calls without holding up any request.
-START_TIMEOUT = 1.0
 
 # The replicas heard from within the last ARGV[2] ms, by Redis's clock (replicas' clocks differ).
 _ANNOUNCE = """
@@ -69,15 +66,17 @@ class Fleet:
     async def start(self) -> None:
         """Announce this replica once (so the first token request already knows the fleet),
         then keep announcing it in the background."""
-        await self.announce(within=START_TIMEOUT)
+        await self.announce()
         self._beating = asyncio.get_running_loop().create_task(self._beat())
 
-    async def announce(self, *, within: float | None = None) -> None:
+    async def announce(self) -> None:
+        """Tell Redis this replica is alive, and learn how many are. No request waits on it, so
+        it gives a new connection (TLS included) the time a busy host may need."""
         ttl_ms = str(round(self.heartbeat * 3 * 1000))
         with contextlib.suppress(RedisUnavailable):
             count = await self.link.probe(
                 lambda _: self._announce(keys=[self.key("replicas")], args=[self.replica, ttl_ms]),
-                within=within,
+                within=self.link.connect_timeout,
             )
             self._alive = max(1, int(count))
 

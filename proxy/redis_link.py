@@ -32,6 +32,9 @@ from proxy.settings import Settings
 
 log = structlog.get_logger("proxy.redis")
 REDIS_TIMEOUT = 0.1  # seconds: Redis is a shortcut, never worth holding a request for
+# Seconds a new connection (TCP, TLS, login) may take in a probe, which no request waits on: on
+# a busy host a TLS handshake alone can take longer than REDIS_TIMEOUT.
+CONNECT_TIMEOUT = 1.0
 T = TypeVar("T")
 Operation = Callable[[Redis], Awaitable[T]]
 
@@ -91,9 +94,16 @@ class RedisLink:
     be down; `probe` always tries, and is how Redis is found again. Every failure comes out as
     RedisUnavailable, whatever redis-py, the socket or TLS raised."""
 
-    def __init__(self, settings: Settings, *, timeout: float = REDIS_TIMEOUT) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        timeout: float = REDIS_TIMEOUT,
+        connect_timeout: float = CONNECT_TIMEOUT,
+    ) -> None:
         assert settings.redis_url is not None
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
         self._state: Literal["unknown", "up", "down"] = "unknown"
         self._down_reason = ""
         self._listeners: list[Callable[[bool], None]] = []
@@ -112,7 +122,7 @@ class RedisLink:
             username=login.username,
             password=login.password.reveal() if login.password else None,
             socket_timeout=timeout,
-            socket_connect_timeout=timeout,
+            socket_connect_timeout=connect_timeout,  # within each call's own bound
             # A failed call is not retried: the caller serves without Redis instead.
             retry=Retry(NoBackoff(), 0),
             ssl=self.address.tls,
@@ -144,7 +154,8 @@ class RedisLink:
         return await self.probe(operation)
 
     async def probe(self, operation: Operation[T], *, within: float | None = None) -> T:
-        """Try Redis even if it is known to be down; `within` seconds instead of the bound."""
+        """Try Redis even if it is known to be down, for up to `within` seconds (by default the
+        bound of every call)."""
         if self._broken is not None:
             self._went_down(self._broken)
             raise RedisUnavailable(self._broken)
@@ -153,7 +164,7 @@ class RedisLink:
             async with asyncio.timeout(bound):
                 result = await operation(self.client)
         except (RedisError, OSError, TimeoutError) as exc:
-            reason = f"Redis at {self.address}: {self._reason(exc, bound)}"
+            reason = f"Redis at {self.address}: {self._reason(exc)}"
             self._went_down(reason)
             raise RedisUnavailable(reason) from None
         self._came_up()
@@ -191,9 +202,9 @@ class RedisLink:
         for listener in self._listeners:
             listener(up)
 
-    def _reason(self, error: BaseException, timeout: float) -> str:
+    def _reason(self, error: BaseException) -> str:
         """What went wrong, in words of our own: redis-py's messages are not ours to vouch for."""
-        return self._scrubbed(_describe(error, timeout))
+        return self._scrubbed(_describe(error))
 
     def _scrubbed(self, text: str) -> str:
         if self._password is not None and self._password.reveal():
@@ -201,7 +212,7 @@ class RedisLink:
         return text
 
 
-def _describe(error: BaseException, timeout: float) -> str:
+def _describe(error: BaseException) -> str:
     chain = list(_causes(error))
     if any(_is_authentication(e) for e in chain):
         return _AUTHENTICATION
@@ -218,7 +229,7 @@ def _describe(error: BaseException, timeout: float) -> str:
     if any(isinstance(e, ssl.SSLError) for e in chain):
         return "the TLS handshake failed (does the server speak TLS on this port?)"
     if any(isinstance(e, TimeoutError | RedisTimeout) for e in chain):
-        return f"no answer within {timeout * 1000:.0f} ms"
+        return "no answer in time"
     for e in chain:
         if isinstance(e, OSError) and e.errno:
             return f"cannot connect ({os.strerror(e.errno).lower()})"
