@@ -229,6 +229,9 @@ async def test_redis_killed_mid_run_every_request_still_answered(
                 await answered(30)
                 await redis_server.kill()
                 await asyncio.gather(*(replica.logged("redis_unavailable") for replica in replicas))
+                for replica in replicas:
+                    async with session.get(replica.url + "/-/ready") as response:
+                        assert response.status == 200  # Redis is not needed to serve
                 await answered(len(statuses) + 30)
                 await revoke(agentsync_simulator)  # every replica must renew, without Redis
                 await answered(len(statuses) + 60)

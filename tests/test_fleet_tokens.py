@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from redis.asyncio import Redis
 
 from proxy import clients
@@ -300,3 +301,20 @@ async def test_the_readmes_acl_allows_everything_the_fleet_does(
         assert fleet.redis_up
     assert states == []  # never down: no command was refused
     assert agentsync_simulator.state.token_requests == 2
+
+
+async def test_an_unreadable_password_file_means_serving_alone_with_one_warning(
+    agentsync_simulator: RunningSimulator, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-such-file"
+    settings = fleet_settings(agentsync_simulator, redis_server.url(), redis_password_file=missing)
+    with structlog.testing.capture_logs() as logs:
+        async with replica(settings) as (fleet, fetcher):
+            assert not fleet.redis_up
+            with pytest.raises(RedisUnavailable) as refused:
+                await fleet.link.probe(lambda redis: redis.ping())
+            await fetcher.fetch()
+    reason = f"cannot read the Redis password file {missing} (AGENTSYNC_PROXY_REDIS_PASSWORD_FILE)"
+    assert str(refused.value) == reason
+    assert [line["reason"] for line in logs if line["event"] == "redis_unavailable"] == [reason]
+    assert agentsync_simulator.state.token_requests == 1
