@@ -111,8 +111,8 @@ class FleetTokenFetcher:
         return f"FleetTokenFetcher({self.fleet!r})"
 
     def rejected(self, token: Token) -> None:
-        """The upstream answered 401 to `token`: it is evicted from Redis at the next fetch,
-        if it is still the shared one, and never taken from there again."""
+        """The upstream answered 401 to `token`: the next fetch evicts it from Redis if it is
+        still the shared one, and does not take it from there again."""
         self._rejected = self._evict = token
 
     async def fetch(self) -> Token:
