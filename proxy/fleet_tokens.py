@@ -282,10 +282,14 @@ async def join_fleet(
     settings: Settings,
     fetcher: TokenFetcher,
     on_attempt: Callable[[str, float], None] | None = None,
+    on_redis: Callable[[bool], None] | None = None,
 ) -> tuple[Fleet, FleetTokenFetcher]:
     """Connect to the settings' Redis, announce this replica, and wrap `fetcher` so that the
     fleet shares one token. Never fails because of Redis: a replica that cannot reach it serves
-    on tokens of its own. Close the fleet when the proxy stops."""
+    on tokens of its own. `on_redis(up)` hears whether Redis answers, from the first call on
+    (for agentsync_proxy_redis_up). Close the fleet when the proxy stops."""
     fleet = Fleet.for_settings(settings)
+    if on_redis is not None:
+        fleet.link.add_listener(on_redis)
     await fleet.start()
     return fleet, FleetTokenFetcher(fleet, fetcher, settings, on_attempt=on_attempt)

@@ -38,11 +38,14 @@ async def redis_server(unused_tcp_port_factory: PortFactory) -> AsyncIterator[Re
 
 
 @asynccontextmanager
-async def replica(settings: Settings) -> AsyncIterator[tuple[Fleet, FleetTokenFetcher]]:
+async def replica(
+    settings: Settings, on_redis: Callable[[bool], None] | None = None
+) -> AsyncIterator[tuple[Fleet, FleetTokenFetcher]]:
     """What a proxy with a Redis URL builds: the fleet and the token endpoint wrapped for it."""
     async with AsyncExitStack() as stack:
         session = await stack.enter_async_context(clients.token_session(settings))
-        fleet, fetcher = await join_fleet(settings, clients.token_endpoint(session, settings))
+        endpoint = clients.token_endpoint(session, settings)
+        fleet, fetcher = await join_fleet(settings, endpoint, on_redis=on_redis)
         stack.push_async_callback(fleet.close)
         yield fleet, fetcher
 
@@ -148,10 +151,11 @@ async def test_redis_down_keeps_the_last_count_and_falls_back_to_a_token_of_its_
     agentsync_simulator: RunningSimulator, redis_server: RedisServer
 ) -> None:
     settings = fleet_settings(agentsync_simulator, redis_server.url())
-    async with replica(settings) as (first, fetcher), replica(settings):
+    states: list[bool] = []
+    async with replica(settings, states.append) as (first, fetcher), replica(settings):
         await first.announce()
-        states: list[bool] = []
-        first.link.add_listener(states.append)
+        assert states == [True]  # from the first call on
+        states.clear()
         await redis_server.kill()
         token = await fetcher.fetch()
         assert token.value.reveal() in agentsync_simulator.state.tokens.issued()
