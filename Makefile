@@ -3,7 +3,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench soak clean
+.PHONY: demo fleet test lint bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,11 +14,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/agentsync-proxy demo
 
+fleet: $(STAMP)
+	$(BIN)/python fleet/run.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict proxy tests bench
 	MYPYPATH=bench $(BIN)/mypy --strict soak
+	$(BIN)/mypy --strict fleet
 	$(BIN)/hadolint Dockerfile
 
 test: lint

@@ -60,12 +60,22 @@ def create_app(
             if token_fetcher is not None
             else clients.token_endpoint(token_session, settings)
         )
+        on_attempt: Callable[[str, float], None] | None = metrics.token_attempt
+        fleet = None
+        if settings.redis_url is not None:
+            # One token for a fleet of replicas; redis and cryptography are loaded only then.
+            from proxy.fleet_tokens import join_fleet
+            from proxy.keys import FLEET
+
+            fleet, fetcher = await join_fleet(settings, fetcher, on_attempt, metrics.redis)
+            on_attempt = None  # the fleet's fetcher counts the token requests it sends
+            app[FLEET] = fleet
         tokens = TokenSource(
             fetcher,
             refresh_margin=settings.refresh_margin,
             requests_per_minute=settings.token_requests_per_minute,
             wait_timeout=settings.token_timeout,
-            on_attempt=metrics.token_attempt,
+            on_attempt=on_attempt,
             **(token_source_options or {}),  # type: ignore[arg-type]
         )
         app[CLIENT] = upstream
@@ -73,6 +83,8 @@ def create_app(
         metrics.track_token_expiry(tokens.seconds_left)
         refresher = asyncio.get_running_loop().create_task(tokens.run())
         async with contextlib.AsyncExitStack() as closing:  # each closes, whatever the others do
+            if fleet is not None:
+                closing.push_async_callback(fleet.close)  # the last: once nothing uses Redis
             closing.push_async_callback(token_session.close)
             closing.push_async_callback(upstream.close)
             closing.push_async_callback(tokens.close)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -14,6 +15,9 @@ from proxy.pacing import Pacer
 from proxy.settings import Settings
 from proxy.tokens import TokenSource
 
+if TYPE_CHECKING:  # imports redis: only a proxy with a Redis URL loads it
+    from proxy.fleet import Fleet
+
 SETTINGS = web.AppKey("settings", Settings)
 TOKENS = web.AppKey("tokens", TokenSource)
 UPSTREAM = web.AppKey("upstream", Upstream)
@@ -22,3 +26,4 @@ METRICS = web.AppKey("metrics", Metrics)
 LINKS = web.AppKey("links", LinkRewriter)
 PACER = web.AppKey("pacer", Pacer)
 SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)
+FLEET: web.AppKey[Fleet] = web.AppKey("fleet")  # set only with a Redis URL

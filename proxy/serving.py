@@ -38,6 +38,10 @@ def use_uvloop() -> None:
 
 def serve(settings: Settings, argv: Sequence[str], environ: Mapping[str, str]) -> int:
     workers = worker_of(environ, settings.token_requests_per_minute)
+    if workers and settings.redis_url is not None:
+        # One of N replicas of a fleet: the workers count their token requests together in
+        # Redis, and each keeps to its share only while Redis is down.
+        return run(settings, reuse_port=True)
     if workers:
         # One of N workers: the port is shared, and so is the cap on token requests. Settings
         # refuse more workers than the cap, so every share is at least 1 and they add up to

@@ -11,7 +11,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import structlog
 from tenacity import (
@@ -30,6 +30,14 @@ log = structlog.get_logger("proxy.tokens")
 
 class TokenFetcher(Protocol):
     async def fetch(self) -> Token: ...
+
+
+@runtime_checkable
+class RejectionAware(Protocol):
+    """A fetcher that wants to know which token the upstream refused (a fleet's shared one is
+    evicted only if it is still that token)."""
+
+    def rejected(self, token: Token) -> None: ...
 
 
 class CapReached(TokenUnavailable):
@@ -136,6 +144,8 @@ class TokenSource:
             self.current = None
             self._failure = None
             log.info("token_evicted", reason="upstream answered 401")
+            if isinstance(self.fetcher, RejectionAware):
+                self.fetcher.rejected(rejected)
         return await self.token()
 
     async def run(self) -> None:

@@ -1,0 +1,97 @@
+"""This replica's place in a fleet of proxies sharing one Redis: the keys the fleet shares, the
+heartbeat that announces the replica (and finds Redis again after an outage), and how many
+replicas were alive when Redis last answered."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import secrets
+
+import structlog
+
+from proxy.redis_link import RedisLink, RedisUnavailable
+from proxy.settings import Settings
+
+log = structlog.get_logger("proxy.fleet")
+KEY_PREFIX = "agentsync-proxy:"  # every key of the proxy's: an ACL can allow ~agentsync-proxy:*
+HEARTBEAT = 2.0  # seconds between announcements; a replica counts as alive for three of them
+
+# The replicas heard from within the last ARGV[2] ms, by Redis's clock (replicas' clocks differ).
+_ANNOUNCE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return redis.call('ZCARD', KEYS[1])
+"""
+
+
+class Fleet:
+    """The replicas of one AgentSync client (client id and token URL) on one Redis."""
+
+    def __init__(self, link: RedisLink, namespace: str, *, heartbeat: float = HEARTBEAT) -> None:
+        self.link = link
+        self.namespace = namespace
+        self.heartbeat = heartbeat
+        self.replica = secrets.token_hex(8)
+        self._alive = 1
+        self._announce = link.script(_ANNOUNCE)
+        self._beating: asyncio.Task[None] | None = None
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Fleet:
+        # Hashed: a client id may hold characters that mean something in a key pattern.
+        client = f"{settings.token_url}\0{settings.client_id}".encode()
+        return cls(RedisLink(settings), hashlib.sha256(client).hexdigest()[:16])
+
+    def __repr__(self) -> str:
+        return f"Fleet({self.namespace}, replica={self.replica}, {self.link!r})"
+
+    def key(self, *parts: str) -> str:
+        return ":".join((KEY_PREFIX + self.namespace, *parts))
+
+    @property
+    def redis_up(self) -> bool:
+        return self.link.up
+
+    def replicas_alive(self) -> int:
+        """Replicas heard from in the last three heartbeats, this one included; while Redis is
+        down, the number when it last answered. Budgets shared in Redis are divided by it when
+        each replica has to keep to its own share."""
+        return self._alive
+
+    async def start(self) -> None:
+        """Announce this replica once (so the first token request already knows the fleet),
+        then keep announcing it in the background."""
+        await self.announce()
+        self._beating = asyncio.get_running_loop().create_task(self._beat())
+
+    async def announce(self) -> None:
+        """Tell Redis this replica is alive, and learn how many are. No request waits on it, so
+        it gives a new connection (TLS included) the time a busy host may need."""
+        ttl_ms = str(round(self.heartbeat * 3 * 1000))
+        with contextlib.suppress(RedisUnavailable):
+            count = await self.link.probe(
+                lambda _: self._announce(keys=[self.key("replicas")], args=[self.replica, ttl_ms]),
+                within=self.link.connect_timeout,
+            )
+            self._alive = max(1, int(count))
+
+    async def close(self) -> None:
+        """Stop announcing, leave the fleet (so the others stop counting this replica at once)
+        and close the connection."""
+        if self._beating is not None:
+            self._beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beating
+        with contextlib.suppress(RedisUnavailable):
+            await self.link.call(lambda redis: redis.zrem(self.key("replicas"), self.replica))
+        await self.link.close()
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            await self.announce()

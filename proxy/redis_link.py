@@ -1,0 +1,266 @@
+"""The proxy's connection to Redis: every call bounded (about 100 ms), the password never shown,
+and whether Redis is up. A failure marks Redis down with one warning; until a probe finds it
+back (one info line), calls fail at once instead of waiting on a Redis that is not there."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import structlog
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    NoPermissionError,
+    RedisError,
+    ResponseError,
+)
+from redis.exceptions import TimeoutError as RedisTimeout
+from yarl import URL
+
+from proxy.credentials import Secret
+from proxy.settings import Settings
+
+log = structlog.get_logger("proxy.redis")
+REDIS_TIMEOUT = 0.1  # seconds: Redis is a shortcut, never worth holding a request for
+# Seconds a new connection (TCP, TLS, login) may take in a probe, which no request waits on: on
+# a busy host a TLS handshake alone can take longer than REDIS_TIMEOUT.
+CONNECT_TIMEOUT = 1.0
+T = TypeVar("T")
+Operation = Callable[[Redis], Awaitable[T]]
+
+
+class RedisUnavailable(Exception):
+    """Redis did not serve a call. The message names the address and why, never a password."""
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """Where Redis is, as logs may show it: no user name, no password."""
+
+    host: str
+    port: int
+    db: int
+    tls: bool
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'rediss' if self.tls else 'redis'}://{host}:{self.port}/{self.db}"
+
+
+@dataclass(frozen=True)
+class RedisLogin:
+    username: str | None
+    password: Secret | None
+
+
+def parse_redis_url(url: Secret, password_file: Path | None) -> tuple[RedisAddress, RedisLogin]:
+    """The address and login of a redis:// or rediss:// URL; a password file wins over the URL's
+    password. Raises RedisUnavailable (without the password) when the file cannot be read."""
+    parsed = URL(url.reveal())
+    tls = parsed.scheme == "rediss"
+    db_text = parsed.path.strip("/") or "0"
+    address = RedisAddress(
+        host=parsed.host or "localhost",
+        port=parsed.port or 6379,
+        db=int(db_text) if db_text.isascii() and db_text.isdigit() else 0,
+        tls=tls,
+    )
+    password = Secret(parsed.password) if parsed.password else None
+    if password_file is not None:
+        try:
+            password = Secret(password_file.read_text(encoding="utf-8").strip())
+        except (OSError, UnicodeDecodeError):
+            raise RedisUnavailable(
+                f"cannot read the Redis password file {password_file}"
+                " (AGENTSYNC_PROXY_REDIS_PASSWORD_FILE)"
+            ) from None
+    return address, RedisLogin(parsed.user or None, password)
+
+
+class RedisLink:
+    """One Redis client for the process, with its up/down state.
+
+    `call` runs one operation within the time bound, or fails at once while Redis is known to
+    be down; `probe` always tries, and is how Redis is found again. Every failure comes out as
+    RedisUnavailable, whatever redis-py, the socket or TLS raised."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        timeout: float = REDIS_TIMEOUT,
+        connect_timeout: float = CONNECT_TIMEOUT,
+    ) -> None:
+        assert settings.redis_url is not None
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self._state: Literal["unknown", "up", "down"] = "unknown"
+        self._down_reason = ""
+        self._listeners: list[Callable[[bool], None]] = []
+        self._scripts: list[AsyncScript] = []
+        self._broken: str | None = None  # a problem no call can get past (the password file)
+        try:
+            self.address, login = parse_redis_url(settings.redis_url, settings.redis_password_file)
+        except RedisUnavailable as exc:
+            self.address, login = parse_redis_url(settings.redis_url, None)
+            self._broken = str(exc)
+        self._password = login.password
+        self.client = Redis(
+            host=self.address.host,
+            port=self.address.port,
+            db=self.address.db,
+            username=login.username,
+            password=login.password.reveal() if login.password else None,
+            socket_timeout=timeout,
+            socket_connect_timeout=connect_timeout,  # within each call's own bound
+            # A failed call is not retried: the caller serves without Redis instead.
+            retry=Retry(NoBackoff(), 0),
+            ssl=self.address.tls,
+            ssl_cert_reqs="required",
+            ssl_check_hostname=True,  # the system's CAs, plus --ca-bundle's
+            ssl_ca_certs=str(settings.ca_bundle) if settings.ca_bundle is not None else None,
+            client_name="agentsync-proxy",
+        )
+
+    def __repr__(self) -> str:
+        return f"RedisLink({self.address}, {self._state})"
+
+    @property
+    def up(self) -> bool:
+        """Whether the last call reached Redis: what agentsync_proxy_redis_up shows."""
+        return self._state == "up"
+
+    def add_listener(self, listener: Callable[[bool], None]) -> None:
+        """Call `listener(up)` at each switch between up and down."""
+        self._listeners.append(listener)
+
+    def script(self, source: str) -> AsyncScript:
+        """A Lua script run by EVALSHA (loaded again by itself after a Redis restart)."""
+        return self.client.register_script(source)
+
+    async def call(self, operation: Operation[T]) -> T:
+        if self._state == "down":
+            raise RedisUnavailable(self._down_reason)
+        return await self.probe(operation)
+
+    async def probe(self, operation: Operation[T], *, within: float | None = None) -> T:
+        """Try Redis even if it is known to be down, for up to `within` seconds (by default the
+        bound of every call)."""
+        if self._broken is not None:
+            self._went_down(self._broken)
+            raise RedisUnavailable(self._broken)
+        bound = self.timeout if within is None else within
+        try:
+            async with asyncio.timeout(bound):
+                result = await operation(self.client)
+        except (RedisError, OSError, TimeoutError) as exc:
+            reason = f"Redis at {self.address}: {self._reason(exc)}"
+            self._went_down(reason)
+            raise RedisUnavailable(reason) from None
+        self._came_up()
+        return result
+
+    async def close(self) -> None:
+        try:
+            await self.client.aclose()
+        except (RedisError, OSError) as exc:  # closing a broken connection
+            log.debug("redis_close_failed", error=type(exc).__name__)
+
+    def _came_up(self) -> None:
+        if self._state == "up":
+            return
+        before, self._state = self._state, "up"
+        if before == "down":
+            log.info("redis_available", redis=str(self.address), sharing="again")
+        else:
+            log.info("redis_connected", redis=str(self.address))
+        self._tell(True)
+
+    def _went_down(self, reason: str) -> None:
+        self._down_reason = reason
+        if self._state == "down":
+            return
+        self._state = "down"
+        log.warning(
+            "redis_unavailable",
+            reason=reason,
+            fallback="serving on a token of this replica's own until Redis answers again",
+        )
+        self._tell(False)
+
+    def _tell(self, up: bool) -> None:
+        for listener in self._listeners:
+            listener(up)
+
+    def _reason(self, error: BaseException) -> str:
+        """What went wrong, in words of our own: redis-py's messages are not ours to vouch for."""
+        return self._scrubbed(_describe(error))
+
+    def _scrubbed(self, text: str) -> str:
+        if self._password is not None and self._password.reveal():
+            text = text.replace(self._password.reveal(), "**********")
+        return text
+
+
+def _describe(error: BaseException) -> str:
+    chain = list(_causes(error))
+    if any(_is_authentication(e) for e in chain):
+        return _AUTHENTICATION
+    if any(isinstance(e, NoPermissionError) for e in chain):
+        return (
+            "its user may not run a command the proxy needs (NOPERM): see the README's ACL for"
+            " the proxy's commands on keys agentsync-proxy:*"
+        )
+    if any(isinstance(e, ssl.SSLCertVerificationError) for e in chain):
+        return (
+            "its TLS certificate is not trusted or does not name the host: give its CA with"
+            " --ca-bundle (AGENTSYNC_PROXY_CA_BUNDLE)"
+        )
+    if any(isinstance(e, ssl.SSLError) for e in chain):
+        return "the TLS handshake failed (does the server speak TLS on this port?)"
+    if any(isinstance(e, TimeoutError | RedisTimeout) for e in chain):
+        return "no answer in time"
+    for e in chain:
+        if isinstance(e, OSError) and e.errno:
+            return f"cannot connect ({os.strerror(e.errno).lower()})"
+    if any(isinstance(e, ResponseError) for e in chain):
+        return f"it answered an error ({_code(error)})"
+    return f"the call failed ({type(error).__name__})"
+
+
+_AUTHENTICATION = (
+    "authentication failed: check the password (AGENTSYNC_PROXY_REDIS_PASSWORD_FILE, or the"
+    " URL's) and the user name"
+)
+
+
+def _is_authentication(error: BaseException) -> bool:
+    if isinstance(error, AuthenticationError | AuthenticationWrongNumberOfArgsError):
+        return True
+    return isinstance(error, ResponseError) and _code(error) in ("WRONGPASS", "NOAUTH")
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    found: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and len(found) < 8 and current not in found:
+        found.append(current)
+        current = current.__cause__ or current.__context__
+    return found
+
+
+def _code(error: BaseException) -> str:
+    """The error code Redis put first in its message (ERR, WRONGPASS, NOSCRIPT, ...)."""
+    words = str(error.args[0]).split() if error.args else []
+    code = words[0] if words else ""
+    return code if code.isascii() and code.isalpha() and code.isupper() else "unknown"
