@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 
@@ -52,29 +53,20 @@ def settings_parser(command: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"agentsync-proxy {__version__}")
     for option in OPTIONS:
-        if not option.flag:
-            continue
-        if option.switch:
-            parser.add_argument(
-                option.flag_name,
-                dest=option.name,
-                action="store_const",
-                const="true",
-                help=f"{option.help} (env {option.env})",
+        if option.flag:
+            # A switch (--log-query) takes no value; given, it reads as "true".
+            takes: dict[str, Any] = (
+                {"action": "store_const", "const": "true"}
+                if option.switch
+                else {"metavar": option.metavar}
             )
-        else:
             parser.add_argument(
                 option.flag_name,
                 dest=option.name,
-                metavar=option.metavar,
                 help=f"{option.help} (env {option.env})",
+                **takes,
             )
     return parser
-
-
-def load(command: str, argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
-    args = settings_parser(command).parse_args(argv)
-    return load_settings(vars(args), environ)
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -86,7 +78,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "serve"
     try:
         if command in ("serve", "check"):
-            settings = load(command, argv, environ)
+            args = settings_parser(command).parse_args(argv)
+            settings = load_settings(vars(args), environ)
             logs.configure(settings.log_format, settings.log_level)
             for warning in settings.warnings:
                 structlog.get_logger("proxy").warning("config_warning", problem=warning)

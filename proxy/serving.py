@@ -12,13 +12,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import structlog
-from aiohttp import web
 
 from proxy import __version__
 from proxy.app import create_app
 from proxy.keys import SHUTTING_DOWN
 from proxy.numbers import whole_number
-from proxy.servers import listen
+from proxy.servers import start
 from proxy.settings import ConfigError, Settings
 
 log = structlog.get_logger("proxy")
@@ -72,26 +71,18 @@ def run(settings: Settings, *, reuse_port: bool) -> int:
 
 async def _run(settings: Settings, reuse_port: bool) -> int:
     app = create_app(settings)
-    runner = web.AppRunner(
+    runner, port = await start(
         app,
-        access_log=None,
-        handle_signals=False,
+        "--listen",
+        settings.listen,
         shutdown_timeout=settings.shutdown_timeout,
-        handler_cancellation=True,  # a client that hangs up cancels its request
+        backlog=BACKLOG,
+        reuse_port=reuse_port or None,
     )
-    await runner.setup()
     try:
-        await listen(
-            runner,
-            "--listen",
-            settings.listen.host,
-            settings.listen.port,
-            backlog=BACKLOG,
-            reuse_port=reuse_port or None,
-        )
         log.info(
             "listening",
-            listen=str(replace(settings.listen, port=int(runner.addresses[0][1]))),  # :0 too
+            listen=str(replace(settings.listen, port=port)),  # the port it got, for :0 too
             environment=settings.environment,
             api_base_url=settings.api_base_url,
             version=__version__,
