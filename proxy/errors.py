@@ -1,24 +1,5 @@
-"""The failures the proxy answers itself, and the one place that turns them into HTTP answers.
-
-    ProxyError                       status  error
-    ├── TokenError
-    │   ├── TokenRejected            502     token_request_rejected
-    │   └── TokenUnavailable         503     token_unavailable (+ Retry-After)
-    ├── UpstreamUnreachable          502     upstream_unreachable
-    ├── UpstreamTimeout              504     upstream_timeout
-    ├── RequestTooLarge              413     request_too_large
-    ├── ClientTimeout                408     client_timeout
-    ├── BadRequest                   400     bad_request
-    ├── AuthHostRefused              403     auth_host_refused
-    ├── TargetNotAllowed             403     target_not_allowed
-    ├── HostNotAllowed               403     host_not_allowed
-    ├── OriginNotAllowed             403     origin_not_allowed
-    ├── ClientNotAllowed             403     client_not_allowed
-    ├── MethodNotAllowed             405     method_not_allowed
-    └── RateLimited                  429     rate_limited (+ Retry-After)
-
-Descriptions say what to do; they never carry a secret or a token.
-"""
+"""The failures the proxy answers itself (each class with its status and JSON `error` code) and
+the one place that turns them into answers: a description says what to do, never a secret."""
 
 from __future__ import annotations
 
@@ -31,8 +12,7 @@ METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"  # named in Allow and C
 
 
 class ProxyError(Exception):
-    """A subclass declares its `status` and `code` (the JSON `error`) as class keywords, or
-    inherits its base's."""
+    """A subclass declares its `status` and `code` as class keywords, or inherits its base's."""
 
     status = 500
     code = "internal_error"
