@@ -20,6 +20,7 @@ from proxy.environments import load_environments
 from proxy.numbers import whole_number
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Parser = Callable[[object], Any]
 T = TypeVar("T")
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
@@ -55,8 +56,8 @@ def is_auth_host(host: str) -> bool:
     return host.rstrip(".").lower().startswith("auth.")
 
 
-# ---- parsers: each takes a flag/environment string or a TOML value and raises ValueError (a
-# list, an ExceptionGroup of one ValueError for each bad item) ----
+# ---- parsers: each takes a flag/environment string or a TOML value and raises ValueError, or
+# for a list an ExceptionGroup of one ValueError for each bad item ----
 
 
 def _text(value: object) -> str:
@@ -292,7 +293,7 @@ class Option:
 
     name: str
     env: str
-    parse: Callable[[object], Any]
+    parse: Parser
     help: str
     metavar: str | None = None
     flag: bool = True
@@ -308,12 +309,7 @@ class Option:
 
 
 def setting(
-    default: Any,
-    parse: Callable[[object], Any],
-    help: str,
-    metavar: str | None = None,
-    *,
-    env: str | None = None,
+    default: Any, parse: Parser, help: str, metavar: str | None = None, *, env: str | None = None
 ) -> Any:
     """A field of Settings and the option that sets it: flag --NAME, TOML key NAME and
     environment variable AGENTSYNC_PROXY_NAME, unless `env` names another."""
