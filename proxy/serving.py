@@ -4,6 +4,7 @@ stopping gracefully on SIGTERM (not ready at once, in-flight requests finished, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -26,15 +27,6 @@ WORKER_OF = "AGENTSYNC_PROXY_WORKER_OF"
 BACKLOG = 2048  # a burst of new connections must not overflow the accept queue
 
 
-def use_uvloop() -> None:
-    """uvloop's event loop where it is installed: its I/O path is several times faster."""
-    try:
-        import uvloop
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
 def serve(settings: Settings, argv: Sequence[str], environ: Mapping[str, str]) -> int:
     workers = worker_of(environ, settings.token_requests_per_minute)
     if workers:
@@ -55,17 +47,19 @@ def worker_of(environ: Mapping[str, str], cap: int) -> int:
         return 0
     workers = whole_number(text)
     if workers is None or not 1 <= workers <= cap:
-        raise ConfigError(
-            [
-                f"{WORKER_OF}: {text!r} is not a number of workers from 1 to {cap}; the proxy"
-                " sets this variable for its own worker processes: unset it"
-            ]
+        problem = (
+            f"{WORKER_OF}: {text!r} is not a number of workers from 1 to {cap}; the proxy sets"
+            " this variable for its own worker processes: unset it"
         )
+        raise ConfigError([problem])
     return workers
 
 
 def run(settings: Settings, *, reuse_port: bool) -> int:
-    use_uvloop()
+    with contextlib.suppress(ImportError):
+        import uvloop  # its event loop's I/O path is several times faster
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     return asyncio.run(_run(settings, reuse_port))
 
 
