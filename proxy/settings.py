@@ -466,10 +466,10 @@ def load_settings(flags: Mapping[str, object], environ: Mapping[str, str]) -> Se
                 take(OPTIONS_BY_NAME[key], raw, f"{values['config']}: {key}")
     values.pop("config", None)
     problems.extend(egress_proxy_problems(environ))
-    settings = _complete(values, sources, problems)
-    if problems or settings is None:
+    warnings = _complete(values, sources, problems)
+    if problems:
         raise ConfigError(problems)
-    return settings
+    return Settings(**values, warnings=tuple(warnings))
 
 
 def _read_toml(path: Path, problems: list[str]) -> dict[str, object]:
@@ -489,11 +489,9 @@ def _read_toml(path: Path, problems: list[str]) -> dict[str, object]:
     return {key: value for key, value in data.items() if key in _TOML_KEYS}
 
 
-def _complete(
-    values: dict[str, Any], sources: Mapping[str, str], problems: list[str]
-) -> Settings | None:
-    """Fill in the environment table and check what depends on more than one setting. A value
-    with a problem was given, so `sources` names where."""
+def _complete(values: dict[str, Any], sources: Mapping[str, str], problems: list[str]) -> list[str]:
+    """Fill in the environment table and the fields made of several inputs, check what depends on
+    more than one setting (`sources` names where a value with a problem came from); the warnings."""
     environments = load_environments()
     name = values.setdefault("environment", Settings.environment)
     environment = environments.get(name)
@@ -562,9 +560,7 @@ def _complete(
     values["pacing"], values["api_requests_per_minute"] = values.get(
         "api_requests_per_minute", ("auto", None)
     )
-    if problems:
-        return None
-    return Settings(**values, warnings=tuple(warnings))
+    return warnings
 
 
 def egress_proxy_problems(environ: Mapping[str, str]) -> list[str]:
