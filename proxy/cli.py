@@ -8,7 +8,6 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 import structlog
 
@@ -53,19 +52,15 @@ def settings_parser(command: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"agentsync-proxy {__version__}")
     for option in OPTIONS:
-        if option.flag:
-            # A switch (--log-query) takes no value; given, it reads as "true".
-            takes: dict[str, Any] = (
-                {"action": "store_const", "const": "true"}
-                if option.switch
-                else {"metavar": option.metavar}
-            )
+        if not option.flag:
+            continue
+        name, described = option.flag_name, f"{option.help} (env {option.env})"
+        if option.switch:  # given without a value, it reads as true
             parser.add_argument(
-                option.flag_name,
-                dest=option.name,
-                help=f"{option.help} (env {option.env})",
-                **takes,
+                name, dest=option.name, action="store_const", const="true", help=described
             )
+        else:
+            parser.add_argument(name, dest=option.name, metavar=option.metavar, help=described)
     return parser
 
 
