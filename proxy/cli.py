@@ -54,27 +54,14 @@ def settings_parser(command: str) -> argparse.ArgumentParser:
     for option in OPTIONS:
         if not option.flag:
             continue
-        if option.switch:
+        name, described = option.flag_name, f"{option.help} (env {option.env})"
+        if option.switch:  # given without a value, it reads as true
             parser.add_argument(
-                option.flag_name,
-                dest=option.name,
-                action="store_const",
-                const="true",
-                help=f"{option.help} (env {option.env})",
+                name, dest=option.name, action="store_const", const="true", help=described
             )
         else:
-            parser.add_argument(
-                option.flag_name,
-                dest=option.name,
-                metavar=option.metavar,
-                help=f"{option.help} (env {option.env})",
-            )
+            parser.add_argument(name, dest=option.name, metavar=option.metavar, help=described)
     return parser
-
-
-def load(command: str, argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
-    args = settings_parser(command).parse_args(argv)
-    return load_settings(vars(args), environ)
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -86,7 +73,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "serve"
     try:
         if command in ("serve", "check"):
-            settings = load(command, argv, environ)
+            args = settings_parser(command).parse_args(argv)
+            settings = load_settings(vars(args), environ)
             logs.configure(settings.log_format, settings.log_level)
             for warning in settings.warnings:
                 structlog.get_logger("proxy").warning("config_warning", problem=warning)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 TABLE_NAME = "environments.toml"
@@ -17,18 +18,13 @@ class Environment:
     api_base_url: str | None
 
 
-def table_text() -> str:
-    """The table as installed in the package, or from the source tree's config/ folder."""
-    packaged = resources.files("proxy").joinpath(TABLE_NAME)
-    if packaged.is_file():
-        return packaged.read_text(encoding="utf-8")
-    source_tree = Path(__file__).resolve().parent.parent / "config" / TABLE_NAME
-    return source_tree.read_text(encoding="utf-8")
-
-
 def load_environments() -> dict[str, Environment]:
-    table = tomllib.loads(table_text())
+    """The table as installed in the package, or from the source tree's config/ folder."""
+    table: Traversable = resources.files("proxy") / TABLE_NAME
+    if not table.is_file():
+        table = Path(__file__).resolve().parent.parent / "config" / TABLE_NAME
+    rows = tomllib.loads(table.read_text(encoding="utf-8"))
     return {
         name: Environment(name, row["token_url"], row.get("api_base_url"))
-        for name, row in table.items()
+        for name, row in rows.items()
     }

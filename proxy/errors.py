@@ -1,24 +1,5 @@
-"""The failures the proxy answers itself, and the one place that turns them into HTTP answers.
-
-    ProxyError                       status  error
-    ├── TokenError
-    │   ├── TokenRejected            502     token_request_rejected
-    │   └── TokenUnavailable         503     token_unavailable (+ Retry-After)
-    ├── UpstreamUnreachable          502     upstream_unreachable
-    ├── UpstreamTimeout              504     upstream_timeout
-    ├── RequestTooLarge              413     request_too_large
-    ├── ClientTimeout                408     client_timeout
-    ├── BadRequest                   400     bad_request
-    ├── AuthHostRefused              403     auth_host_refused
-    ├── TargetNotAllowed             403     target_not_allowed
-    ├── HostNotAllowed               403     host_not_allowed
-    ├── OriginNotAllowed             403     origin_not_allowed
-    ├── ClientNotAllowed             403     client_not_allowed
-    ├── MethodNotAllowed             405     method_not_allowed
-    └── RateLimited                  429     rate_limited (+ Retry-After)
-
-Descriptions say what to do; they never carry a secret or a token.
-"""
+"""The failures the proxy answers itself (each class with its status and JSON `error` code) and
+the one place that turns them into answers: a description says what to do, never a secret."""
 
 from __future__ import annotations
 
@@ -27,10 +8,19 @@ import math
 
 from aiohttp import web
 
+METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"  # named in Allow and CORS preflights
+
 
 class ProxyError(Exception):
+    """A subclass declares its `status` and `code` as class keywords, or inherits its base's."""
+
     status = 500
     code = "internal_error"
+
+    def __init_subclass__(cls, status: int | None = None, code: str | None = None) -> None:
+        super().__init_subclass__()
+        cls.status = status or cls.status
+        cls.code = code or cls.code
 
     def __init__(self, description: str) -> None:
         super().__init__(description)
@@ -44,15 +34,10 @@ class TokenError(ProxyError):
     """The proxy holds no usable token."""
 
 
-class TokenRejected(TokenError):
-    status = 502
-    code = "token_request_rejected"
+class TokenRejected(TokenError, status=502, code="token_request_rejected"): ...
 
 
-class TokenUnavailable(TokenError):
-    status = 503
-    code = "token_unavailable"
-
+class TokenUnavailable(TokenError, status=503, code="token_unavailable"):
     def __init__(self, description: str, retry_after: float | None = None) -> None:
         super().__init__(description)
         self.retry_after = retry_after  # from the token endpoint's Retry-After, if it sent one
@@ -61,69 +46,43 @@ class TokenUnavailable(TokenError):
         return {"Retry-After": str(max(1, math.ceil(self.retry_after or 1)))}
 
 
-class UpstreamUnreachable(ProxyError):
-    status = 502
-    code = "upstream_unreachable"
+class UpstreamUnreachable(ProxyError, status=502, code="upstream_unreachable"): ...
 
 
-class UpstreamTimeout(ProxyError):
-    status = 504
-    code = "upstream_timeout"
+class UpstreamTimeout(ProxyError, status=504, code="upstream_timeout"): ...
 
 
-class RequestTooLarge(ProxyError):
-    status = 413
-    code = "request_too_large"
+class RequestTooLarge(ProxyError, status=413, code="request_too_large"): ...
 
 
-class ClientTimeout(ProxyError):
-    status = 408
-    code = "client_timeout"
+class ClientTimeout(ProxyError, status=408, code="client_timeout"): ...
 
 
-class BadRequest(ProxyError):
-    status = 400
-    code = "bad_request"
+class BadRequest(ProxyError, status=400, code="bad_request"): ...
 
 
-class AuthHostRefused(ProxyError):
-    status = 403
-    code = "auth_host_refused"
+class AuthHostRefused(ProxyError, status=403, code="auth_host_refused"): ...
 
 
-class TargetNotAllowed(ProxyError):
-    status = 403
-    code = "target_not_allowed"
+class TargetNotAllowed(ProxyError, status=403, code="target_not_allowed"): ...
 
 
-class HostNotAllowed(ProxyError):
-    status = 403
-    code = "host_not_allowed"
+class HostNotAllowed(ProxyError, status=403, code="host_not_allowed"): ...
 
 
-class OriginNotAllowed(ProxyError):
-    status = 403
-    code = "origin_not_allowed"
+class OriginNotAllowed(ProxyError, status=403, code="origin_not_allowed"): ...
 
 
-class ClientNotAllowed(ProxyError):
-    status = 403
-    code = "client_not_allowed"
+class ClientNotAllowed(ProxyError, status=403, code="client_not_allowed"): ...
 
 
-class MethodNotAllowed(ProxyError):
-    status = 405
-    code = "method_not_allowed"
-
+class MethodNotAllowed(ProxyError, status=405, code="method_not_allowed"):
     def headers(self) -> dict[str, str]:
-        return {"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"}
+        return {"Allow": METHODS}
 
 
-class RateLimited(ProxyError):
+class RateLimited(ProxyError, status=429, code="rate_limited"):
     """The request would be held longer than --rate-limit-wait for the API's rate limit."""
-
-    status = 429
-    code = "rate_limited"
 
     def __init__(self, description: str, retry_after: float) -> None:
         super().__init__(description)

@@ -4,14 +4,14 @@ it asked for (DNS rebinding) and the web origin behind it (CORS)."""
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
+from aiohttp.typedefs import Handler
 
 from proxy.access import Exchange
 from proxy.errors import (
+    METHODS,
     BadRequest,
     ClientNotAllowed,
     HostNotAllowed,
@@ -23,8 +23,6 @@ from proxy.errors import (
 from proxy.keys import METRICS, SETTINGS
 from proxy.settings import IPNetwork, Settings, is_loopback_host
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-CORS_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 # Browsers mark the requests a page makes; curl and applications send no Sec-Fetch-Site at all.
 SAFE_FETCH_SITES = frozenset({"none", "same-origin"})
 # Liveness and readiness answer whatever the Host: an orchestrator probes by address. Metrics do
@@ -103,66 +101,52 @@ def check(policy: Policy, request: web.Request) -> None:
         )
 
 
-def preflight(request: web.Request) -> web.Response:
-    """Answer a CORS preflight from an allowed origin; it is never forwarded."""
-    requested = request.headers.get("Access-Control-Request-Headers", "")
-    headers = {
-        "Access-Control-Allow-Methods": CORS_METHODS,
-        "Access-Control-Max-Age": "600",
-    }
-    if requested:
+def _preflight(request: web.Request) -> web.Response:
+    headers = {"Access-Control-Allow-Methods": METHODS, "Access-Control-Max-Age": "600"}
+    if requested := request.headers.get("Access-Control-Request-Headers"):
         headers["Access-Control-Allow-Headers"] = requested
     return web.Response(status=204, headers=headers)
 
 
-def answered_here(request: web.Request, error: ProxyError | None = None) -> web.Response:
-    """A refusal, or a preflight's answer: logged and counted like every request, never
+def _answered_here(request: web.Request, error: ProxyError | None = None) -> web.Response:
+    """A refusal, or a CORS preflight's answer: logged and counted like every request, never
     forwarded."""
     exchange = Exchange.of(request)
     if error is None:
-        response = preflight(request)
-        exchange.status = response.status
+        response = _preflight(request)
     else:
         response = error_response(error, exchange.request_id)
-        exchange.status, exchange.error = error.status, error.code
+        exchange.error = error.code
+    exchange.status = response.status
     exchange.finish(request.app[METRICS], request.app[SETTINGS].log_query)
     return response
 
 
-def cors_headers(
-    policy: Policy,
-) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+def install(app: web.Application, settings: Settings) -> None:
+    policy = Policy.from_settings(settings)
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            check(policy, request)
+        except ProxyError as error:
+            return _answered_here(request, error)
+        if (
+            request.method == "OPTIONS"
+            and "Origin" in request.headers
+            and "Access-Control-Request-Method" in request.headers
+        ):
+            return _answered_here(request)
+        return await handler(request)
+
     async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
-        """on_response_prepare: every answer to an allowed origin carries its CORS headers."""
+        """Every answer to an allowed origin carries its CORS headers."""
         origin = request.headers.get("Origin")
         if origin is not None and origin in policy.origins:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Access-Control-Expose-Headers"] = "X-Request-Id"
             response.headers.add("Vary", "Origin")
 
-    return add_cors_headers
-
-
-def middleware(policy: Policy) -> Middleware:
-    @web.middleware
-    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            check(policy, request)
-        except ProxyError as error:
-            return answered_here(request, error)
-        if (
-            request.method == "OPTIONS"
-            and "Origin" in request.headers
-            and "Access-Control-Request-Method" in request.headers
-        ):
-            return answered_here(request)
-        return await handler(request)
-
-    return guard
-
-
-def install(app: web.Application, settings: Settings) -> None:
-    policy = Policy.from_settings(settings)
-    app.middlewares.append(middleware(policy))
+    app.middlewares.append(guard)
     if policy.origins:
-        app.on_response_prepare.append(cors_headers(policy))
+        app.on_response_prepare.append(add_cors_headers)

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from proxy.keys import METRICS, SETTINGS, SHUTTING_DOWN, TOKENS
 
 log = structlog.get_logger("proxy.access")
-Probe = Callable[[web.Request], Awaitable[web.Response]]
 
 
-def logged(handler: Probe) -> Probe:
+def logged(handler: Handler) -> Handler:
     """Probes are left out of the access log unless --log-probes is set."""
 
-    async def probe(request: web.Request) -> web.Response:
+    async def probe(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         response = await handler(request)
         if request.app[SETTINGS].log_probes:

@@ -41,39 +41,34 @@ class RunningProxy:
     app: web.Application = field(repr=False)
 
 
-async def listen(runner: web.AppRunner, flag: str, host: str, port: int, **options: Any) -> None:
-    """Serve the runner's app on host:port; an address that cannot be had is the user's
-    configuration problem, one line naming the setting."""
+async def start(
+    app: web.Application,
+    flag: str,
+    listen: Listen,
+    *,
+    shutdown_timeout: float = 60.0,
+    **site_options: Any,
+) -> tuple[web.AppRunner, int]:
+    """Serve `app` on `listen`: its runner, and the port it got. An address that cannot be had
+    is the user's configuration problem, one line naming the setting (`flag`)."""
+    # A client that hangs up cancels its request: a request held for the rate limit gives its
+    # slot back, and nothing more goes upstream for it.
+    runner = web.AppRunner(
+        app, access_log=None, handler_cancellation=True, shutdown_timeout=shutdown_timeout
+    )
+    await runner.setup()
     try:
-        await web.TCPSite(runner, host, port, **options).start()
+        await web.TCPSite(runner, listen.host, listen.port, **site_options).start()
     except OSError as exc:
+        await runner.cleanup()
         reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
         if exc.errno == errno.EADDRINUSE:
             reason += "; another process listens there: stop it, or choose another address"
-        raise ConfigError([f"{flag} {_authority(host, port)}: {reason}"]) from None
-
-
-async def _start(
-    app: web.Application, flag: str, host: str, port: int
-) -> tuple[web.AppRunner, int]:
-    # A client that hangs up cancels its request: a request held for the rate limit gives its
-    # slot back, and nothing more goes upstream for it.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
-    await runner.setup()
-    try:
-        await listen(runner, flag, host, port)
+        raise ConfigError([f"{flag} {listen}: {reason}"]) from None
     except BaseException:
         await runner.cleanup()
         raise
     return runner, int(runner.addresses[0][1])
-
-
-def _authority(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _origin(host: str, port: int) -> str:
-    return "http://" + _authority(host, port)
 
 
 @asynccontextmanager
@@ -85,9 +80,9 @@ async def running_simulator(
 ) -> AsyncIterator[RunningSimulator]:
     config = config or SimulatorConfig()
     app = create_simulator_app(config)
-    runner, bound = await _start(app, flag, host, port)
+    runner, bound = await start(app, flag, Listen(host, port))
     try:
-        yield RunningSimulator(_origin(host, bound), config, app)
+        yield RunningSimulator(f"http://{Listen(host, bound)}", config, app)
     finally:
         await runner.cleanup()
 
@@ -101,16 +96,16 @@ def settings_for(simulator: RunningSimulator, **overrides: Any) -> Settings:
         "token_url": simulator.token_url,
         "scope": " ".join(simulator.config.scopes),
         "listen": Listen("127.0.0.1", 0),
+        **overrides,
     }
-    values.update(overrides)
     return Settings(**values)
 
 
 @asynccontextmanager
 async def running_proxy(settings: Settings, **app_options: Any) -> AsyncIterator[RunningProxy]:
     app = create_app(settings, **app_options)
-    runner, bound = await _start(app, "--listen", settings.listen.host, settings.listen.port)
+    runner, bound = await start(app, "--listen", settings.listen)
     try:
-        yield RunningProxy(_origin(settings.listen.host, bound), bound, settings, app)
+        yield RunningProxy(f"http://{Listen(settings.listen.host, bound)}", bound, settings, app)
     finally:
         await runner.cleanup()

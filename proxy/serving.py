@@ -4,6 +4,7 @@ stopping gracefully on SIGTERM (not ready at once, in-flight requests finished, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -12,28 +13,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import structlog
-from aiohttp import web
 
 from proxy import __version__
 from proxy.app import create_app
 from proxy.keys import SHUTTING_DOWN
 from proxy.numbers import whole_number
-from proxy.servers import listen
+from proxy.servers import start
 from proxy.settings import ConfigError, Settings
 
 log = structlog.get_logger("proxy")
 # Set in the environment of each worker: how many workers share the port and the token cap.
 WORKER_OF = "AGENTSYNC_PROXY_WORKER_OF"
 BACKLOG = 2048  # a burst of new connections must not overflow the accept queue
-
-
-def use_uvloop() -> None:
-    """uvloop's event loop where it is installed: its I/O path is several times faster."""
-    try:
-        import uvloop
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def serve(settings: Settings, argv: Sequence[str], environ: Mapping[str, str]) -> int:
@@ -60,42 +51,36 @@ def worker_of(environ: Mapping[str, str], cap: int) -> int:
         return 0
     workers = whole_number(text)
     if workers is None or not 1 <= workers <= cap:
-        raise ConfigError(
-            [
-                f"{WORKER_OF}: {text!r} is not a number of workers from 1 to {cap}; the proxy"
-                " sets this variable for its own worker processes: unset it"
-            ]
+        problem = (
+            f"{WORKER_OF}: {text!r} is not a number of workers from 1 to {cap}; the proxy sets"
+            " this variable for its own worker processes: unset it"
         )
+        raise ConfigError([problem])
     return workers
 
 
 def run(settings: Settings, *, reuse_port: bool) -> int:
-    use_uvloop()
+    with contextlib.suppress(ImportError):
+        import uvloop  # its event loop's I/O path is several times faster
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     return asyncio.run(_run(settings, reuse_port))
 
 
 async def _run(settings: Settings, reuse_port: bool) -> int:
     app = create_app(settings)
-    runner = web.AppRunner(
+    runner, port = await start(
         app,
-        access_log=None,
-        handle_signals=False,
+        "--listen",
+        settings.listen,
         shutdown_timeout=settings.shutdown_timeout,
-        handler_cancellation=True,  # a client that hangs up cancels its request
+        backlog=BACKLOG,
+        reuse_port=reuse_port or None,
     )
-    await runner.setup()
     try:
-        await listen(
-            runner,
-            "--listen",
-            settings.listen.host,
-            settings.listen.port,
-            backlog=BACKLOG,
-            reuse_port=reuse_port or None,
-        )
         log.info(
             "listening",
-            listen=str(replace(settings.listen, port=int(runner.addresses[0][1]))),  # :0 too
+            listen=str(replace(settings.listen, port=port)),  # the port it got, for :0 too
             environment=settings.environment,
             api_base_url=settings.api_base_url,
             version=__version__,

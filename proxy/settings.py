@@ -11,7 +11,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 from yarl import URL
 
@@ -20,6 +20,7 @@ from proxy.environments import load_environments
 from proxy.numbers import whole_number
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Parser = Callable[[object], Any]
 T = TypeVar("T")
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
@@ -41,15 +42,22 @@ class Listen:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-class ItemProblems(ValueError):
-    """Several items of one list setting are wrong: each is its own line."""
+def is_loopback_host(host: str) -> bool:
+    host = host.strip("[]").rstrip(".").lower()
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = problems
+
+def is_auth_host(host: str) -> bool:
+    return host.rstrip(".").lower().startswith("auth.")
 
 
-# ---- parsers: each takes a flag/environment string or a TOML value, raises ValueError ----
+# ---- parsers: each takes a flag/environment string or a TOML value and raises ValueError, or
+# for a list an ExceptionGroup of one ValueError for each bad item ----
 
 
 def _text(value: object) -> str:
@@ -65,7 +73,7 @@ def _nonempty(value: object) -> str:
     return text
 
 
-def _number(value: object, *, minimum: float = 0.0, allow_zero: bool = False) -> float:
+def _seconds(value: object, *, allow_zero: bool = False) -> float:
     text = _text(value)
     try:
         if not text.isascii():  # float() reads other scripts' digits too
@@ -78,19 +86,15 @@ def _number(value: object, *, minimum: float = 0.0, allow_zero: bool = False) ->
     spelled_out = not any(char.isdigit() for char in text)
     if math.isnan(number) or (math.isinf(number) and spelled_out):
         raise ValueError(f"{value!r} is not a finite number of seconds (for example 30)")
-    if number < minimum or (number == minimum and not allow_zero):
-        raise ValueError(f"{value!r} must be greater than {minimum:g}")
+    if number < 0 or (number == 0 and not allow_zero):
+        raise ValueError(f"{value!r} must be greater than 0")
     if math.isinf(number):
         raise ValueError(f"{value!r} is too large (for example 30)")
     return number
 
 
-def _seconds(value: object) -> float:
-    return _number(value)
-
-
 def _seconds_or_zero(value: object) -> float:
-    return _number(value, allow_zero=True)
+    return _seconds(value, allow_zero=True)
 
 
 def _count(value: object) -> int:
@@ -124,23 +128,30 @@ def _bool(value: object) -> bool:
     raise ValueError(f"{value!r} is not true or false")
 
 
-def _items(value: object) -> tuple[str, ...]:
-    parts = value if isinstance(value, list) else _text(value).split(",")
-    return tuple(item for item in (_text(part) for part in parts) if item)
+def _on_off(value: object) -> bool:
+    try:
+        return _bool(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not on or off") from None
 
 
-def _each_item(value: object, parse: Callable[[str], T]) -> tuple[T, ...]:
-    """Every item parsed, or ItemProblems naming every item that is not."""
-    parsed: list[T] = []
-    problems: list[str] = []
-    for item in _items(value):
-        try:
-            parsed.append(parse(item))
-        except ValueError as exc:
-            problems.append(str(exc))
-    if problems:
-        raise ItemProblems(problems)
-    return tuple(parsed)
+def _list_of(parse: Callable[[str], T]) -> Callable[[object], tuple[T, ...]]:
+    """Comma-separated items (or a TOML array), each parsed; empty items are left out."""
+
+    def parse_items(value: object) -> tuple[T, ...]:
+        parts = value if isinstance(value, list) else _text(value).split(",")
+        parsed: list[T] = []
+        errors: list[ValueError] = []
+        for item in filter(None, map(_text, parts)):
+            try:
+                parsed.append(parse(item))
+            except ValueError as exc:
+                errors.append(exc)
+        if errors:
+            raise ExceptionGroup("items that are wrong", errors)
+        return tuple(parsed)
+
+    return parse_items
 
 
 def _network(item: str) -> IPNetwork:
@@ -148,10 +159,6 @@ def _network(item: str) -> IPNetwork:
         return ipaddress.ip_network(item, strict=False)
     except ValueError:
         raise ValueError(f"{item!r} is not an address or CIDR block") from None
-
-
-def _networks(value: object) -> tuple[IPNetwork, ...]:
-    return _each_item(value, _network)
 
 
 def _masked(text: str) -> str:
@@ -165,23 +172,20 @@ def _masked(text: str) -> str:
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://|//")  # in u:p@host, u: is no scheme
 
 
-def _origin(item: str) -> str:
+def _with_scheme(text: str, *schemes: str) -> URL | None:
+    """The URL if it has one of `schemes` and a host, else None."""
     try:
-        url = URL(item)
+        url = URL(text)
     except ValueError:
-        url = URL()
-    if (
-        url.scheme not in ("http", "https")
-        or not url.host
-        or "@" in (url.raw_authority or "")
-        or url.raw_path not in ("", "/")
-    ):
+        return None
+    return url if url.scheme in schemes and url.host else None
+
+
+def _origin(item: str) -> str:
+    url = _with_scheme(item, "http", "https")
+    if url is None or "@" in (url.raw_authority or "") or url.raw_path not in ("", "/"):
         raise ValueError(f"{_masked(item)!r} is not an origin such as https://app.example.com")
     return str(url.origin())
-
-
-def _origins(value: object) -> tuple[str, ...]:
-    return _each_item(value, _origin)
 
 
 def parse_listen(value: object) -> Listen:
@@ -203,6 +207,24 @@ def _path(value: object) -> Path:
     return Path(_nonempty(value)).expanduser()
 
 
+def _ca_bundle(value: object) -> Path:
+    """Loaded as the clients will, into a context thrown away: a file TLS cannot use must stop
+    start-up here, not fail once the proxy is running."""
+    path = _path(value)
+    hint = "(give a file of PEM CA certificates)"
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+    except ssl.SSLError as exc:  # before OSError, its base class
+        if exc.reason == "NO_CERTIFICATE_OR_CRL_FOUND":
+            raise ValueError(f"{path} holds no PEM certificate {hint}") from None
+        raise ValueError(f"{path} is not valid PEM {hint}") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a directory {hint}") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {path} ({exc.strerror}) {hint}") from None
+    return path
+
+
 def _url(value: object) -> str:
     text = _nonempty(value)
     try:
@@ -220,24 +242,31 @@ def _url(value: object) -> str:
         raise ValueError(f"{_masked(text)!r} is not an http:// or https:// URL")
     if url.raw_fragment:
         raise ValueError(f"{_masked(text)!r} must not have a #fragment")
+    if url.scheme == "http" and not is_loopback_host(url.raw_host):
+        raise ValueError(
+            f"{text} must use https:// (plain http:// is allowed only for loopback hosts)"
+        )
     return text
 
 
-def _on_off(value: object) -> bool:
-    try:
-        return _bool(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is not on or off") from None
+def _api_url(value: object) -> str:
+    """A URL that is no authorization server's and has no query, without its trailing /."""
+    text = _url(value)
+    url = URL(text, encoded=True)
+    if is_auth_host(url.raw_host or ""):
+        raise ValueError(
+            f"{text} is an auth.* host: API traffic must go to the API base URL, never the"
+            " authorization server"
+        )
+    if url.raw_query_string or text.endswith("?"):
+        raise ValueError(f"{text} must not have a query string")
+    return text.rstrip("/")
 
 
 def _redis_url(value: object) -> Secret:
     """redis:// or rediss://; kept as a Secret, since it may hold a password."""
     text = _nonempty(value)
-    try:
-        url = URL(text)
-    except ValueError:
-        url = URL()
-    if url.scheme not in ("redis", "rediss") or not url.host:
+    if _with_scheme(text, "redis", "rediss") is None:
         raise ValueError(
             f"{_masked(text)!r} is not a redis:// or rediss:// URL (for example"
             " rediss://redis.internal:6380/0)"
@@ -245,20 +274,14 @@ def _redis_url(value: object) -> Secret:
     return Secret(text)
 
 
-class Pacing(NamedTuple):
-    """What --api-requests-per-minute says: pace API requests by what the upstream announces
-    (auto) or not at all (off), and with auto, an optional cap of requests a minute."""
-
-    mode: str = "auto"
-    cap: int | None = None
-
-
-def _pacing(value: object) -> Pacing:
+def _pacing(value: object) -> tuple[str, int | None]:
+    """auto (pace API requests by what the upstream announces), off, or auto with a cap of N
+    requests a minute."""
     text = _text(value).lower()
     if text in ("auto", "off"):
-        return Pacing(text)
+        return text, None
     try:
-        return Pacing("auto", _count(text))
+        return "auto", _count(text)
     except ValueError:
         raise ValueError(f"{value!r} is not auto, off or a whole number of at least 1") from None
 
@@ -270,7 +293,7 @@ class Option:
 
     name: str
     env: str
-    parse: Callable[[object], Any]
+    parse: Parser
     help: str
     metavar: str | None = None
     flag: bool = True
@@ -286,12 +309,7 @@ class Option:
 
 
 def setting(
-    default: Any,
-    parse: Callable[[object], Any],
-    help: str,
-    metavar: str | None = None,
-    *,
-    env: str | None = None,
+    default: Any, parse: Parser, help: str, metavar: str | None = None, *, env: str | None = None
 ) -> Any:
     """A field of Settings and the option that sets it: flag --NAME, TOML key NAME and
     environment variable AGENTSYNC_PROXY_NAME, unless `env` names another."""
@@ -311,7 +329,9 @@ class Settings:
     environment: str = setting(
         "sandbox", _nonempty, "AgentSync environment", "NAME", env="AGENTSYNC_ENVIRONMENT"
     )
-    api_base_url: str = setting(MISSING, _url, "API base URL", "URL", env="AGENTSYNC_API_BASE_URL")
+    api_base_url: str = setting(
+        MISSING, _api_url, "API base URL", "URL", env="AGENTSYNC_API_BASE_URL"
+    )
     token_url: str = setting(
         MISSING, _url, "OAuth 2.0 token endpoint", "URL", env="AGENTSYNC_TOKEN_URL"
     )
@@ -358,19 +378,19 @@ class Settings:
         1 << 20, _count, "request bodies above this size are kept in a temporary file", "BYTES"
     )
     allowed_clients: tuple[IPNetwork, ...] = setting(
-        (), _networks, "client CIDR blocks", "CIDR,..."
+        (), _list_of(_network), "client CIDR blocks", "CIDR,..."
     )
-    allowed_hosts: tuple[str, ...] = setting((), _items, "Host names accepted", "NAME,...")
+    allowed_hosts: tuple[str, ...] = setting((), _list_of(str), "Host names accepted", "NAME,...")
     allowed_origins: tuple[str, ...] = setting(
-        (), _origins, "web origins allowed (CORS)", "ORIGIN,..."
+        (), _list_of(_origin), "web origins allowed (CORS)", "ORIGIN,..."
     )
-    ca_bundle: Path | None = setting(None, _path, "extra CA bundle", "PATH")
+    ca_bundle: Path | None = setting(None, _ca_bundle, "extra CA bundle", "PATH")
     shutdown_timeout: float = setting(
         25.0, _seconds, "time in-flight requests get on SIGTERM", "SECONDS"
     )
     workers: int = setting(1, _count, "processes sharing the port", "N")
     max_connections: int = setting(100, _count, "upstream connections open at once", "N")
-    # Read as a Pacing: its cap is kept here, its mode in `pacing` (see _complete).
+    # Read with its mode, which _complete keeps in `pacing`.
     api_requests_per_minute: int | None = setting(
         None,
         _pacing,
@@ -386,7 +406,7 @@ class Settings:
         True, _on_off, "rewrite the API's absolute links in JSON answers to the proxy", "on|off"
     )
     link_origins: tuple[str, ...] = setting(
-        (), _origins, "more origins whose links come back through the proxy", "URL,..."
+        (), _list_of(_origin), "more origins whose links come back through the proxy", "URL,..."
     )
     redis_url: Secret | None = setting(
         None, _redis_url, "Redis shared by a fleet of proxies", "URL"
@@ -422,18 +442,34 @@ OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 _TOML_KEYS = {option.name for option in OPTIONS if option.flag and option.name != "config"}
 
 
-def is_loopback_host(host: str) -> bool:
-    host = host.strip("[]").rstrip(".").lower()
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def load_settings(flags: Mapping[str, object], environ: Mapping[str, str]) -> Settings:
+    """Merge flags > environment > TOML file > environment table > defaults; raise ConfigError."""
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}  # the flag, variable or file key each value came from
 
+    def take(option: Option, raw: object, source: str) -> None:
+        sources[option.name] = source
+        try:
+            values[option.name] = option.parse(raw)
+        except* ValueError as group:
+            problems.extend(f"{source}: {exc}" for exc in group.exceptions)
 
-def is_auth_host(host: str) -> bool:
-    return host.rstrip(".").lower().startswith("auth.")
+    for option in OPTIONS:
+        if flags.get(option.name) is not None:
+            take(option, flags[option.name], option.flag_name)
+        elif environ.get(option.env, "") != "":
+            take(option, environ[option.env], option.env)
+    if "config" in values:
+        for key, raw in _read_toml(values["config"], problems).items():
+            if key not in values:
+                take(OPTIONS_BY_NAME[key], raw, f"{values['config']}: {key}")
+    values.pop("config", None)
+    problems.extend(egress_proxy_problems(environ))
+    warnings = _complete(values, sources, problems)
+    if problems:
+        raise ConfigError(problems)
+    return Settings(**values, warnings=tuple(warnings))
 
 
 def _read_toml(path: Path, problems: list[str]) -> dict[str, object]:
@@ -453,53 +489,15 @@ def _read_toml(path: Path, problems: list[str]) -> dict[str, object]:
     return {key: value for key, value in data.items() if key in _TOML_KEYS}
 
 
-def load_settings(flags: Mapping[str, object], environ: Mapping[str, str]) -> Settings:
-    """Merge flags > environment > TOML file > environment table > defaults; raise ConfigError."""
-    problems: list[str] = []
-    values: dict[str, Any] = {}
-    sources: dict[str, str] = {}  # the flag, variable or file key each value came from
-
-    def take(option: Option, raw: object, source: str) -> None:
-        sources[option.name] = source
-        try:
-            values[option.name] = option.parse(raw)
-        except ItemProblems as exc:
-            problems.extend(f"{source}: {problem}" for problem in exc.problems)
-        except ValueError as exc:
-            problems.append(f"{source}: {exc}")
-
-    for option in OPTIONS:
-        if flags.get(option.name) is not None:
-            take(option, flags[option.name], option.flag_name)
-        elif environ.get(option.env, "") != "":
-            take(option, environ[option.env], option.env)
-    if "config" in values:
-        for key, raw in _read_toml(values["config"], problems).items():
-            if key not in values:
-                take(OPTIONS_BY_NAME[key], raw, f"{values['config']}: {key}")
-    values.pop("config", None)
-    problems.extend(egress_proxy_problems(environ))
-    settings = _complete(values, sources, problems)
-    if problems or settings is None:
-        raise ConfigError(problems)
-    return settings
-
-
-def _complete(
-    values: dict[str, Any], sources: Mapping[str, str], problems: list[str]
-) -> Settings | None:
-    """Fill in the environment table and check what depends on more than one setting."""
-    warnings: list[str] = []
-
-    def label(name: str) -> str:
-        return sources.get(name, OPTIONS_BY_NAME[name].env)
-
+def _complete(values: dict[str, Any], sources: Mapping[str, str], problems: list[str]) -> list[str]:
+    """Fill in the environment table and the fields made of several inputs, check what depends on
+    more than one setting (`sources` names where a value with a problem came from); the warnings."""
     environments = load_environments()
     name = values.setdefault("environment", Settings.environment)
     environment = environments.get(name)
     if environment is None:
         known = ", ".join(environments)
-        problems.append(f"{label('environment')}: unknown environment {name!r} (one of {known})")
+        problems.append(f"{sources['environment']}: unknown environment {name!r} (one of {known})")
     else:
         values.setdefault("token_url", environment.token_url)
         if environment.api_base_url:
@@ -509,16 +507,10 @@ def _complete(
                 f"AGENTSYNC_API_BASE_URL: required for the {name} environment, whose API base"
                 " URL is not documented (give --api-base-url)"
             )
-    for key in ("api_base_url", "token_url"):
-        if key in values:
-            problem = _url_problem(values[key], api=key == "api_base_url")
-            if problem:
-                problems.append(f"{label(key)}: {problem}")
-    if "api_base_url" in values:
-        values["api_base_url"] = values["api_base_url"].rstrip("/")
 
     if "client_id" not in values:
         problems.append("AGENTSYNC_CLIENT_ID: required (the OAuth client id AgentSync gave you)")
+    warnings: list[str] = []
     secret = values.pop("client_secret", None)
     secret_file: Path | None = values.pop("client_secret_file", None)
     if secret is not None and secret_file is not None:
@@ -526,7 +518,11 @@ def _complete(
             "AGENTSYNC_CLIENT_SECRET and AGENTSYNC_CLIENT_SECRET_FILE are both set: keep one"
         )
     elif secret_file is not None:
-        problems.extend(_secret_file_problems(secret_file, label("client_secret_file"), warnings))
+        label = sources["client_secret_file"]
+        if problem := _unusable_secret_file(secret_file):
+            problems.append(f"{label}: {problem}")
+        elif readable_by_others(secret_file):
+            warnings.append(f"{label}: {secret_file} is readable by other users (chmod 600 it)")
     elif secret is None:
         problems.append(
             "AGENTSYNC_CLIENT_SECRET: required, or AGENTSYNC_CLIENT_SECRET_FILE"
@@ -545,7 +541,7 @@ def _complete(
     workers: int = values.get("workers", Settings.workers)
     if workers > 1 and listen.port == 0:
         problems.append(
-            f"{label('workers')}: {workers} workers must share one port, and --listen"
+            f"{sources['workers']}: {workers} workers must share one port, and --listen"
             f" {listen} would give each its own: name the port"
         )
     cap: int = values.get("token_requests_per_minute", Settings.token_requests_per_minute)
@@ -556,21 +552,15 @@ def _complete(
     # workers than the cap, their shares would add up to more than the cap.
     if workers > cap and not cap_refused:
         problems.append(
-            f"{label('workers')}: {workers} workers need --token-requests-per-minute of at least"
-            f" {workers} (one token request a minute each), not {cap}: lower --workers or raise"
-            " the cap"
+            f"{sources['workers']}: {workers} workers need --token-requests-per-minute of at"
+            f" least {workers} (one token request a minute each), not {cap}: lower --workers or"
+            " raise the cap"
         )
-    # One setting, two fields: whether API requests are paced at all, and a cap on top of auto.
-    pacing: Pacing = values.pop("api_requests_per_minute", Pacing())
-    values.update(pacing=pacing.mode, api_requests_per_minute=pacing.cap)
-    ca_bundle: Path | None = values.get("ca_bundle")
-    problem = _ca_bundle_problem(ca_bundle) if ca_bundle is not None else None
-    if problem:
-        problems.append(f"{label('ca_bundle')}: {problem}")
-
-    if problems:
-        return None
-    return Settings(**values, warnings=tuple(warnings))
+    # One option, two fields: whether API requests are paced at all, and a cap on top of auto.
+    values["pacing"], values["api_requests_per_minute"] = values.get(
+        "api_requests_per_minute", ("auto", None)
+    )
+    return warnings
 
 
 def egress_proxy_problems(environ: Mapping[str, str]) -> list[str]:
@@ -579,13 +569,7 @@ def egress_proxy_problems(environ: Mapping[str, str]) -> list[str]:
     problems = []
     for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
         text = environ.get(name, "").strip()
-        if not text:
-            continue
-        try:
-            url = URL(text)
-        except ValueError:
-            url = URL()
-        if url.scheme not in ("http", "https") or not url.host:
+        if text and _with_scheme(text, "http", "https") is None:
             problems.append(
                 f"{name}: {_masked(text)!r} is not an http:// or https:// proxy URL (for example"
                 " http://proxy.internal:3128; SOCKS proxies are not supported)"
@@ -593,47 +577,11 @@ def egress_proxy_problems(environ: Mapping[str, str]) -> list[str]:
     return problems
 
 
-def _url_problem(url: str, *, api: bool) -> str | None:
-    parsed = URL(url, encoded=True)
-    host = parsed.raw_host or ""
-    if parsed.scheme == "http" and not is_loopback_host(host):
-        return f"{url} must use https:// (plain http:// is allowed only for loopback hosts)"
-    if api and is_auth_host(host):
-        return (
-            f"{url} is an auth.* host: API traffic must go to the API base URL, never the"
-            " authorization server"
-        )
-    if api and (parsed.raw_query_string or url.endswith("?")):
-        return f"{url} must not have a query string"
-    return None
-
-
-def _ca_bundle_problem(path: Path) -> str | None:
-    """Load the bundle as the clients will, into a context thrown away: a file TLS cannot use
-    must stop start-up here, not fail once the proxy is running."""
-    hint = "(give a file of PEM CA certificates)"
-    try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
-    except ssl.SSLError as exc:  # before OSError, its base class
-        if exc.reason == "NO_CERTIFICATE_OR_CRL_FOUND":
-            return f"{path} holds no PEM certificate {hint}"
-        return f"{path} is not valid PEM {hint}"
-    except IsADirectoryError:
-        return f"{path} is a directory {hint}"
-    except OSError as exc:
-        return f"cannot read {path} ({exc.strerror}) {hint}"
-    return None
-
-
-def _secret_file_problems(path: Path, label: str, warnings: list[str]) -> list[str]:
+def _unusable_secret_file(path: Path) -> str | None:
     try:
         content = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        return [f"{label}: cannot read {path} ({exc.strerror})"]
+        return f"cannot read {path} ({exc.strerror})"
     except UnicodeDecodeError:
-        return [f"{label}: {path} is not UTF-8 text"]
-    if not content:
-        return [f"{label}: {path} is empty"]
-    if readable_by_others(path):
-        warnings.append(f"{label}: {path} is readable by other users (chmod 600 it)")
-    return []
+        return f"{path} is not UTF-8 text"
+    return None if content else f"{path} is empty"
