@@ -98,8 +98,9 @@ class PacingState(Protocol):
     async def give_back(self, reservation: Reservation) -> None:
         """A reserved request that will not leave: its slot goes to the next reservation."""
 
-    async def settle(self, budget: Budget | None) -> None:
-        """A request in flight is over, with the budget its answer announced, if any."""
+    async def settle(self, reservation: Reservation, budget: Budget | None) -> None:
+        """A request in flight (which left on `reservation`) is over, with the budget its answer
+        announced, if any."""
 
 
 class MemoryPacingState:
@@ -107,6 +108,8 @@ class MemoryPacingState:
 
     def __init__(self, clock: Callable[[], float], per_minute: int | None = None) -> None:
         self._clock = clock
+        self._per_minute = per_minute
+        self._share = 1  # of the cap and of each budget: a fleet's replica alone has 1/replicas
         self._floor = WINDOW / per_minute if per_minute else 0.0  # the cap's interval
         self.interval = self._floor  # between two departures; 0 until a budget or a cap
         self._shift = 0.0  # every pause so far: slot time is the clock minus this
@@ -140,23 +143,33 @@ class MemoryPacingState:
         if reservation.slot + self._shift > self._clock():
             heapq.heappush(self._holes, reservation.slot)
 
-    async def settle(self, budget: Budget | None) -> None:
+    async def settle(self, reservation: Reservation, budget: Budget | None) -> None:
         self.in_flight = max(0, self.in_flight - 1)
         if budget is None:
             return
-        spendable = budget.remaining - self.in_flight  # what is in flight spends it too
+        # What is in flight spends the budget too.
+        spendable = budget.remaining / self._share - self.in_flight
         if spendable > 0:
             self.interval = max(self._floor, budget.reset / spendable)
             return
         if budget.limit:  # after the reset: the whole window's budget, evenly
-            self.interval = max(self._floor, WINDOW / budget.limit)
-        now = self._clock()
-        until = now + budget.reset
-        push = until - max(now, self.paused_until)
+            self.interval = max(self._floor, WINDOW * self._share / budget.limit)
+        self.hold_until(self._clock() + budget.reset)
+
+    def hold_until(self, until: float) -> None:
+        """Push every slot not yet reached back, so that none comes before `until`."""
+        push = until - max(self._clock(), self.paused_until)
         if push > 0:
             self._shift += push
             self._next = max(self._next, until - self._shift)
             self.paused_until = until
+
+    def divide(self, replicas: int, interval: float | None = None) -> None:
+        """Keep to 1/`replicas` of the cap and of every budget announced from now on (a replica
+        of a fleet pacing on its own), starting at `interval` between departures if given."""
+        self._share = max(1, replicas)
+        self._floor = WINDOW * self._share / self._per_minute if self._per_minute else 0.0
+        self.interval = max(self._floor, self.interval if interval is None else interval)
 
 
 class Observer(Protocol):
@@ -191,6 +204,7 @@ class Ticket:
 
     held: float = 0.0
     settled: bool = False
+    reservation: Reservation | None = None  # what it left on; settled on the same state
 
 
 class Pacer:
@@ -242,7 +256,7 @@ class Pacer:
             raise self._refusal(reservation.wait)
         wait = reservation.wait
         if wait <= 0:
-            return Ticket()
+            return Ticket(reservation=reservation)
         started = self._clock()
         try:
             while wait > 0 and self._clock() - started + wait <= limit:
@@ -258,7 +272,7 @@ class Pacer:
         self.held += 1
         self.held_seconds += held
         self.observer.held(held)
-        return Ticket(held)
+        return Ticket(held, reservation=reservation)
 
     async def answered(
         self, ticket: Ticket, status: int, headers: Mapping[str, str]
@@ -269,7 +283,7 @@ class Pacer:
         if status == 429:
             self.upstream_429s += 1
             self.observer.upstream_429()
-        if ticket.settled or self.state is None:
+        if ticket.settled or self.state is None or ticket.reservation is None:
             return None
         ticket.settled = True
         budget = read_budget(headers)
@@ -277,20 +291,20 @@ class Pacer:
             self.budget = budget
             self.observer.announced(budget.remaining)
         if status != 429:
-            await self.state.settle(budget)
+            await self.state.settle(ticket.reservation, budget)
             return None
         pause = retry_after_seconds(headers.get("retry-after"))
         if pause is None:
             pause = budget.reset if budget is not None else UNHINTED_PAUSE
         limit = budget.limit if budget is not None else None
-        await self.state.settle(Budget(remaining=0, reset=pause, limit=limit))
+        await self.state.settle(ticket.reservation, Budget(remaining=0, reset=pause, limit=limit))
         return pause
 
     async def abandoned(self, ticket: Ticket) -> None:
         """Settle a request that got no answer."""
-        if not ticket.settled and self.state is not None:
+        if not ticket.settled and self.state is not None and ticket.reservation is not None:
             ticket.settled = True
-            await self.state.settle(None)
+            await self.state.settle(ticket.reservation, None)
 
     def _refusal(self, wait: float) -> RateLimited:
         self.refused += 1
