@@ -70,6 +70,11 @@ def create_app(
             fleet, fetcher = await join_fleet(settings, fetcher, on_attempt, metrics.redis)
             on_attempt = None  # the fleet's fetcher counts the token requests it sends
             app[FLEET] = fleet
+            if pacer.state is not None:  # and one rate budget
+                from proxy.fleet_pacing import RedisPacingState
+
+                per_minute = mode if isinstance(mode, int) else None
+                pacer.state = await RedisPacingState.joined(fleet, per_minute)
         tokens = TokenSource(
             fetcher,
             refresh_margin=settings.refresh_margin,

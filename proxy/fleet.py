@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import hashlib
 import secrets
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -40,6 +41,7 @@ class Fleet:
         self._alive = 1
         self._announce = link.script(_ANNOUNCE)
         self._beating: asyncio.Task[None] | None = None
+        self._on_heartbeat: list[Callable[[], Awaitable[None]]] = []
 
     @classmethod
     def for_settings(cls, settings: Settings) -> Fleet:
@@ -62,6 +64,10 @@ class Fleet:
         down, the number when it last answered. Budgets shared in Redis are divided by it when
         each replica has to keep to its own share."""
         return self._alive
+
+    def on_heartbeat(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Await `callback()` after each heartbeat that reached Redis (it must not raise)."""
+        self._on_heartbeat.append(callback)
 
     async def start(self) -> None:
         """Announce this replica once (so the first token request already knows the fleet),
@@ -95,3 +101,6 @@ class Fleet:
         while True:
             await asyncio.sleep(self.heartbeat)
             await self.announce()
+            if self.link.up:
+                for callback in self._on_heartbeat:
+                    await callback()
