@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
 from proxy.simulator import SIMULATOR_STATE, SimulatorConfig, create_app
+from tests.clocks import FakeClock
 
 Client = TestClient[web.Request, web.Application]
 FORM = {
@@ -19,16 +22,12 @@ FORM = {
 ENTITY = "/v2/entities/17345829"
 
 
-class FakeClock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-async def start(aiohttp_client: AiohttpClient, clock: FakeClock | None = None) -> Client:
-    return await aiohttp_client(create_app(SimulatorConfig(), clock or FakeClock()))
+async def start(
+    aiohttp_client: AiohttpClient,
+    clock: FakeClock | None = None,
+    config: SimulatorConfig | None = None,
+) -> Client:
+    return await aiohttp_client(create_app(config or SimulatorConfig(), clock or FakeClock()))
 
 
 async def bearer(client: Client) -> dict[str, str]:
@@ -178,3 +177,71 @@ async def test_wrong_method_on_a_control_path_answers_json(aiohttp_client: Aioht
     response = await client.get("/_simulator/revoke")
     assert response.status == 405
     assert (await response.json())["error"] == "method_not_allowed"
+
+
+# ---- the API's rate limit, steered at run time ----
+
+
+async def test_config_changes_the_api_rate_limit_for_the_next_call(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    client = await start(aiohttp_client, config=SimulatorConfig(api_requests_per_minute=10))
+    headers = await bearer(client)
+    for _ in range(3):
+        assert (await client.get(ENTITY, headers=headers)).headers["ratelimit-limit"] == "10"
+    response = await client.post("/_simulator/config", json={"api_requests_per_minute": 4})
+    assert response.status == 200
+    assert (await response.json())["api_requests_per_minute"] == 4
+    last = await client.get(ENTITY, headers=headers)
+    assert (last.status, last.headers["ratelimit-remaining"]) == (200, "0")
+    assert (await client.get(ENTITY, headers=headers)).status == 429
+    await client.post("/_simulator/config", json={"api_requests_per_minute": 5})
+    more = await client.get(ENTITY, headers=headers)
+    assert (more.status, more.headers["ratelimit-limit"]) == (200, "5")
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, "10", True, None, [60]])
+async def test_config_refuses_an_api_rate_limit_that_is_not_a_whole_number_of_at_least_1(
+    aiohttp_client: AiohttpClient, value: Any
+) -> None:
+    client = await start(aiohttp_client)
+    response = await client.post("/_simulator/config", json={"api_requests_per_minute": value})
+    assert response.status == 400
+    assert await response.json() == {
+        "error": "invalid_request",
+        "error_description": "'api_requests_per_minute' must be a whole number of at least 1",
+    }
+    settings = await (await client.get("/_simulator/config")).json()
+    assert settings["api_requests_per_minute"] == 300
+
+
+async def test_config_shows_the_api_rate_limit_and_the_public_url(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    client = await start(aiohttp_client)
+    settings = await (await client.get("/_simulator/config")).json()
+    assert settings["api_requests_per_minute"] == 300
+    assert settings["public_url"] == str(client.make_url("/").origin())
+
+
+async def test_stats_count_429s_like_other_statuses(aiohttp_client: AiohttpClient) -> None:
+    client = await start(aiohttp_client, config=SimulatorConfig(api_requests_per_minute=2))
+    headers = await bearer(client)
+    statuses = [(await client.get(ENTITY, headers=headers)).status for _ in range(4)]
+    assert statuses == [200, 200, 429, 429]
+    await client.get(ENTITY)
+    stats = await (await client.get("/_simulator/stats")).json()
+    assert stats["api_calls"] == {"200": 2, "401": 1, "429": 2}
+
+
+async def test_reset_gives_back_the_api_budget_and_the_configured_limit(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    client = await start(aiohttp_client, config=SimulatorConfig(api_requests_per_minute=2))
+    headers = await bearer(client)
+    await client.post("/_simulator/config", json={"api_requests_per_minute": 1})
+    await client.get(ENTITY, headers=headers)
+    assert (await client.get(ENTITY, headers=headers)).status == 429
+    await client.post("/_simulator/reset")
+    response = await client.get(ENTITY, headers=await bearer(client))
+    assert (response.status, response.headers["ratelimit-remaining"]) == (200, "1")
