@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -280,7 +281,9 @@ async def simulator_process(*args: str) -> AsyncIterator[str]:
         record: dict[str, Any] = {}
         async with asyncio.timeout(20):
             while record.get("event") != "simulator_listening":
-                record = json.loads(await process.stderr.readline())
+                line = await process.stderr.readline()
+                assert line, "the simulator ended before it served"
+                record = json.loads(line)
         yield record["url"]
     finally:
         process.kill()
@@ -314,7 +317,7 @@ async def test_simulator_flags_set_the_public_url_and_the_api_rate_limit() -> No
     assert body["links"]["self"]["href"] == f"{public}/v2/entities?limit=2"
 
 
-async def test_demo_allows_60_api_calls_a_minute_by_default(unused_tcp_port: int) -> None:
+async def test_demo_allows_60_api_calls_a_minute_by_default() -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -323,17 +326,20 @@ async def test_demo_allows_60_api_calls_a_minute_by_default(unused_tcp_port: int
         "--listen",
         "127.0.0.1:0",
         "--simulator-listen",
-        f"127.0.0.1:{unused_tcp_port}",
+        "127.0.0.1:0",
         env={"PATH": os.environ["PATH"]},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
     )
     try:
         assert process.stdout is not None
+        found = None
         async with asyncio.timeout(20):
-            while b"the AgentSync simulator is on" not in await process.stdout.readline():
-                pass
-        response, _ = await first_entities_page(f"http://127.0.0.1:{unused_tcp_port}")
+            while found is None:
+                line = await process.stdout.readline()
+                assert line, "the demo ended before it served"
+                found = re.search(r"the AgentSync simulator is on (http://\S+),", line.decode())
+        response, _ = await first_entities_page(found[1])
     finally:
         process.kill()
         await process.wait()
