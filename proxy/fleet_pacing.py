@@ -146,7 +146,7 @@ class RedisPacingState:
         self.interval = WINDOW / per_minute if per_minute else 0.0
         self._shift = 0.0
         self._offset = 0.0  # Redis's clock minus this replica's
-        self._paused_until = -float("inf")
+        self.paused_until = -float("inf")
         self._alone = self.interval < FAST_INTERVAL  # the pace needs no round trip
         self._was_shared = True  # the last reservation: the local state is set up when used
         self._unsent: Budget | None = None
@@ -226,7 +226,7 @@ class RedisPacingState:
             self._was_shared = False
             replicas = self.fleet.replicas_alive()
             self.local.divide(replicas, self.interval * replicas)
-            self.local.hold_until(self._paused_until)
+            self.local.hold_until(self.paused_until)
         reservation = await self.local.reserve(max_wait)
         if isinstance(reservation, Refusal):
             return reservation
@@ -238,6 +238,6 @@ class RedisPacingState:
         interval, shift, now, paused = (float(value) for value in reply[2:6])
         here = self._clock()
         self.interval, self._shift, self._offset = interval, shift, now - here
-        self._paused_until = here + paused
+        self.paused_until = here + paused
         self._alone = interval < FAST_INTERVAL and paused <= 0
         return list(reply)

@@ -78,12 +78,9 @@ class Replica:
 
 
 def fleet_env(simulator: RunningSimulator, redis_url: str, **extra: str) -> dict[str, str]:
-    return simulator_env(
-        simulator,
-        AGENTSYNC_PROXY_REDIS_URL=redis_url,
-        AGENTSYNC_PROXY_API_REQUESTS_PER_MINUTE="off",
-        **extra,
-    )
+    """Pacing off unless `extra` says otherwise: most of these tests count token requests."""
+    extra = {"AGENTSYNC_PROXY_API_REQUESTS_PER_MINUTE": "off", **extra}
+    return simulator_env(simulator, AGENTSYNC_PROXY_REDIS_URL=redis_url, **extra)
 
 
 @asynccontextmanager
