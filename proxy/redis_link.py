@@ -194,7 +194,8 @@ class RedisLink:
         log.warning(
             "redis_unavailable",
             reason=reason,
-            fallback="serving on a token of this replica's own until Redis answers again",
+            fallback="serving on a token and a share of the rate budget of this replica's own"
+            " until Redis answers again",
         )
         self._tell(False)
 

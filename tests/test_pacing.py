@@ -20,6 +20,7 @@ from proxy.errors import RateLimited, error_response
 from proxy.pacing import (
     COUNT_CAP,
     Budget,
+    MemoryPacingState,
     Mode,
     Pacer,
     pacing_mode,
@@ -189,6 +190,23 @@ async def test_the_cap_and_an_announced_budget_together(
     assert await departures(pacer, clock, 4) == pytest.approx(
         [0, spacing, 2 * spacing, 3 * spacing]
     )
+
+
+@pytest.mark.parametrize(
+    ("mode", "remaining", "spacing"),
+    [(60, None, 3.0), ("auto", 120, 1.5), (60, 120, 3.0)],  # a third of 60 or 120 a minute
+)
+async def test_a_state_divided_among_three_keeps_to_a_third_of_the_cap_and_budgets(
+    mode: Mode, remaining: int | None, spacing: float
+) -> None:
+    clock = VirtualTime()
+    pacer = pacer_on(clock, mode=mode)
+    assert isinstance(pacer.state, MemoryPacingState)
+    pacer.state.divide(3)
+    if remaining is not None:
+        await answer(pacer, ratelimit(remaining, 60))
+        clock.now += 60
+    assert await departures(pacer, clock, 3) == pytest.approx([0, spacing, 2 * spacing])
 
 
 async def test_off_holds_nothing_and_refuses_nothing() -> None:
