@@ -149,7 +149,7 @@ class RedisPacingState:
         self.paused_until = -float("inf")
         self._alone = self.interval < FAST_INTERVAL  # the pace needs no round trip
         self._was_shared = True  # the last reservation: the local state is set up when used
-        self._unsent: Budget | None = None
+        self._unsent: tuple[Budget, float] | None = None  # a budget heard, and when
         fleet.on_heartbeat(self.look)
 
     @classmethod
@@ -200,7 +200,7 @@ class RedisPacingState:
                 if budget.remaining == 0 or budget.reset / budget.remaining >= FAST_INTERVAL:
                     await self._tell(budget)
                 else:
-                    self._unsent = budget
+                    self._unsent = (budget, self._clock())
             return
         self.in_flight = max(0, self.in_flight - 1)
         if budget is not None:
@@ -209,7 +209,13 @@ class RedisPacingState:
     async def look(self) -> None:
         """Tell Redis what this replica has not yet told, and learn the fleet's state: at the
         heartbeat, and when the state is made."""
-        await self._tell(self._unsent)
+        unsent, self._unsent = self._unsent, None
+        budget = None
+        if unsent is not None:  # told as it stands now: its reset is nearer
+            heard, at = unsent
+            left = heard.reset - (self._clock() - at)
+            budget = Budget(heard.remaining, left, heard.limit) if left > 0 else None
+        await self._tell(budget)
         if not self._was_shared:
             self.local.divide(self.fleet.replicas_alive())
 
@@ -218,8 +224,11 @@ class RedisPacingState:
         told = ("", "", "")
         if budget is not None:
             told = (str(budget.remaining), repr(budget.reset), str(budget.limit or 0))
-        with contextlib.suppress(RedisUnavailable):
+        try:
             await self._call(self._settle, *told)
+        except RedisUnavailable:
+            if budget is not None and self._unsent is None:  # for the heartbeat after
+                self._unsent = (budget, self._clock())
 
     async def _reserve_alone(self, max_wait: float) -> Reservation | Refusal:
         if self._was_shared:  # from the fleet's state to this replica's share of it
