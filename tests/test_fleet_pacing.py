@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 import structlog
 from multidict import CIMultiDict
+from redis.asyncio import Redis
 
 from proxy.credentials import Secret
 from proxy.fleet import Fleet
@@ -86,7 +87,11 @@ async def test_fleet_paces_under_one_limit(
 
 @asynccontextmanager
 async def replicas(
-    simulator: RunningSimulator, redis: RedisServer, count: int, per_minute: int | None = None
+    simulator: RunningSimulator,
+    redis: RedisServer,
+    count: int,
+    per_minute: int | None = None,
+    heartbeat: float = HEARTBEAT,
 ) -> AsyncIterator[list[RedisPacingState]]:
     """`count` replicas' pacing states on one Redis, once each has seen them all alive."""
     settings = settings_for(simulator, redis_url=Secret(redis.url()))
@@ -94,13 +99,13 @@ async def replicas(
         fleets = []
         for _ in range(count):
             member = Fleet.for_settings(settings)
-            member.heartbeat = HEARTBEAT
+            member.heartbeat = heartbeat
             await member.start()
             stack.push_async_callback(member.close)
             fleets.append(member)
         async with asyncio.timeout(10):
             while any(member.replicas_alive() < count for member in fleets):
-                await asyncio.sleep(HEARTBEAT / 4)
+                await asyncio.sleep(heartbeat / 4)
         yield [await RedisPacingState.joined(member, per_minute) for member in fleets]
 
 
@@ -207,3 +212,23 @@ async def test_a_held_request_that_goes_away_gives_its_slot_to_another_replica(
         after = (await other.hold()).held  # slot 2
     assert taken < 1.5  # not slot 2, about 2 s away
     assert after >= 0.5  # slot 2 was still a second after slot 1
+
+
+async def test_requests_in_flight_count_only_while_their_replica_is_alive(
+    agentsync_simulator: RunningSimulator, redis_server: RedisServer
+) -> None:
+    # No heartbeat during the test: the replica stays in the fleet's set until it is taken out.
+    async with replicas(agentsync_simulator, redis_server, 1, heartbeat=60) as (state,):
+        pacer = Pacer(state, 30.0)
+        await pacer.answered(await pacer.hold(), 200, budget(1000, 10))  # 0.01 s apart
+        tickets = [await pacer.hold() for _ in range(4)]  # in flight
+        await pacer.answered(tickets[0], 200, budget(10, 10))
+        assert state.interval == pytest.approx(10 / (10 - 3))  # three still in flight
+        # As when the replica's heartbeats stop: it ages out of the replicas alive.
+        client = Redis.from_url(redis_server.url())
+        try:
+            assert await client.zrem(state.fleet.key("replicas"), state.fleet.replica) == 1
+        finally:
+            await client.aclose()
+        await pacer.answered(tickets[1], 200, budget(10, 10))
+        assert state.interval == pytest.approx(10 / 10)  # its requests no longer count
