@@ -8,6 +8,7 @@ import math
 import signal
 import sys
 from collections.abc import Mapping, Sequence
+from typing import NoReturn
 
 import structlog
 
@@ -16,6 +17,17 @@ from proxy.servers import RunningProxy, RunningSimulator, running_proxy, running
 from proxy.servers import settings_for as proxy_settings_for
 from proxy.settings import ConfigError, Listen, parse_listen
 from proxy.simulator import SimulatorConfig
+from proxy.simulator.config import DEFAULT_API_REQUESTS_PER_MINUTE, public_url_problem
+
+# Low enough in the demo that a few quick calls show the ratelimit-* headers counting down.
+DEMO_API_REQUESTS_PER_MINUTE = 60
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage mistake is one line and exit 2, like every other problem of the command."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError([message])
 
 
 def _positive(text: str) -> float:
@@ -29,9 +41,23 @@ def _positive(text: str) -> float:
     return value
 
 
+def _at_least_one(text: str) -> int:
+    # int() alone would also read ' 1', '1_0' and other scripts' digits.
+    if text.isascii() and text.isdigit() and len(text) <= 9 and int(text) >= 1:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+
+
+def _public_url(text: str) -> str:
+    problem = public_url_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
 def parser(command: str) -> argparse.ArgumentParser:
     defaults = SimulatorConfig()
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=f"agentsync-proxy {command}",
         description=(
             "The AgentSync simulator and a proxy wired to it, in one process."
@@ -74,6 +100,23 @@ def parser(command: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--token-lifetime", type=_positive, default=defaults.token_lifetime, metavar="SECONDS"
     )
+    per_minute = (
+        DEMO_API_REQUESTS_PER_MINUTE if command == "demo" else DEFAULT_API_REQUESTS_PER_MINUTE
+    )
+    parser.add_argument(
+        "--api-requests-per-minute",
+        type=_at_least_one,
+        default=per_minute,
+        metavar="N",
+        help=f"API calls a client may make in each minute, 429 beyond (default {per_minute})",
+    )
+    parser.add_argument(
+        "--public-url",
+        type=_public_url,
+        default=None,
+        metavar="URL",
+        help="where the simulator's absolute links point (default: its own address)",
+    )
     parser.add_argument("--log-format", choices=("json", "console"), default=None)
     return parser
 
@@ -92,6 +135,8 @@ def main(command: str, argv: Sequence[str], environ: Mapping[str, str]) -> int:
         client_secret=args.client_secret,
         scopes=tuple(args.scopes.split()),
         token_lifetime=args.token_lifetime,
+        api_requests_per_minute=args.api_requests_per_minute,
+        public_url=args.public_url,
     )
     logs.configure(args.log_format, "info")
     if command == "simulator":
@@ -154,6 +199,10 @@ No credentials needed: the proxy fetches a token and adds it. Paste these lines 
   # renews its token and replays the call: you see only the answer
   curl -s -X POST '{s}/_simulator/revoke'
   curl -s '{p}/v2/entities/17345829'
+
+  # the simulator allows {sim.config.api_requests_per_minute} API calls a minute; each answer
+  # says how many are left and when the minute's budget comes back
+  curl -si '{p}/v2/entities?limit=2' | grep -i '^ratelimit'
 
   # what the simulator saw: token requests, tokens issued, API calls by status
   curl -s '{s}/_simulator/stats'

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from proxy.credentials import ClientSecret, Secret
 from proxy.settings import ConfigError, Listen, Settings
 from proxy.simulator import SIMULATOR_STATE, SimulatorConfig, SimulatorState
 from proxy.simulator import create_app as create_simulator_app
+from proxy.simulator.tokens import Clock
 
 
 @dataclass(frozen=True)
@@ -77,9 +79,11 @@ async def running_simulator(
     host: str = "127.0.0.1",
     port: int = 0,
     flag: str = "--listen",
+    clock: Clock = time.monotonic,
 ) -> AsyncIterator[RunningSimulator]:
+    """The simulator on host:port; `clock` times its token expiry and rate limits."""
     config = config or SimulatorConfig()
-    app = create_simulator_app(config)
+    app = create_simulator_app(config, clock)
     runner, bound = await start(app, flag, Listen(host, port))
     try:
         yield RunningSimulator(f"http://{Listen(host, bound)}", config, app)

@@ -1,18 +1,24 @@
-"""The simulator's Contracting and ProducerSync APIs: auth, scopes, pagination, writes, errors."""
+"""The simulator's Contracting and ProducerSync APIs: auth, scopes, rate limit, pagination and
+links, writes, errors."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from aiohttp import web
+import pytest
+from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
+from yarl import URL
 
 from proxy.simulator import SimulatorConfig, create_app
+from tests.clocks import FakeClock
 
 Client = TestClient[web.Request, web.Application]
 CARRIERS = "/contracting/v1/customers/carriers"
 PRODUCTS = "/contracting/v1/customers/products"
+RATE_HEADERS = ("ratelimit-limit", "ratelimit-remaining", "ratelimit-reset")
+ENTITY = "/v2/entities/17345829"
 ALL_SCOPES = ("rino_api_agency_read", "rino_api_agency_write", "rino_api_agency_delete")
 NEW_PRODUCT = {
     "carrierId": 3,
@@ -22,8 +28,12 @@ NEW_PRODUCT = {
 }
 
 
-async def start(aiohttp_client: AiohttpClient, config: SimulatorConfig | None = None) -> Client:
-    return await aiohttp_client(create_app(config or SimulatorConfig()))
+async def start(
+    aiohttp_client: AiohttpClient,
+    config: SimulatorConfig | None = None,
+    clock: FakeClock | None = None,
+) -> Client:
+    return await aiohttp_client(create_app(config or SimulatorConfig(), clock or FakeClock()))
 
 
 async def bearer(client: Client, scope: str | None = None) -> dict[str, str]:
@@ -43,9 +53,26 @@ async def start_with_token(
     aiohttp_client: AiohttpClient,
     scope: str | None = None,
     config: SimulatorConfig | None = None,
+    clock: FakeClock | None = None,
 ) -> tuple[Client, dict[str, str]]:
-    client = await start(aiohttp_client, config)
+    client = await start(aiohttp_client, config, clock)
     return client, await bearer(client, scope)
+
+
+def origin(client: Client) -> str:
+    """The test server's address as links should name it, e.g. http://127.0.0.1:41234."""
+    return str(client.make_url("/").origin())
+
+
+async def follow(client: Client, href: str, headers: dict[str, str]) -> ClientResponse:
+    """GET an absolute link exactly as written: its percent-escapes go on the wire unchanged."""
+    return await client.session.get(URL(href, encoded=True), headers=headers)
+
+
+def quota(response: ClientResponse) -> tuple[int, int, int]:
+    """The answer's (limit, remaining, reset) from its ratelimit-* headers."""
+    limit, remaining, reset = (int(response.headers[name]) for name in RATE_HEADERS)
+    return limit, remaining, reset
 
 
 def assert_agentsync_error(body: dict[str, Any], status: int, error: str, path: str) -> None:
@@ -245,10 +272,10 @@ async def test_v1_entity_is_a_plain_object(aiohttp_client: AiohttpClient) -> Non
     assert "links" not in body
 
 
-async def test_v2_entity_links_to_itself(aiohttp_client: AiohttpClient) -> None:
+async def test_v2_entity_links_to_itself_absolutely(aiohttp_client: AiohttpClient) -> None:
     client, headers = await start_with_token(aiohttp_client)
     body = await (await client.get("/v2/entities/8823105", headers=headers)).json()
-    assert body["links"]["self"]["href"] == "/v2/entities/8823105"
+    assert body["links"]["self"]["href"] == f"{origin(client)}/v2/entities/8823105"
 
 
 async def test_unknown_npn_gets_404_agentsync_body(aiohttp_client: AiohttpClient) -> None:
@@ -262,11 +289,11 @@ async def test_v2_entities_continuation_tokens_reach_every_entity_once(
     aiohttp_client: AiohttpClient,
 ) -> None:
     client, headers = await start_with_token(aiohttp_client)
-    href: str | None = "/v2/entities?limit=4"
+    href: str | None = f"{origin(client)}/v2/entities?limit=4"
     seen: list[str] = []
     while href is not None:
-        assert href.startswith("/")
-        body = await (await client.get(href, headers=headers)).json()
+        assert href.startswith(origin(client) + "/v2/entities?")
+        body = await (await follow(client, href, headers)).json()
         seen += [entity["npn"] for entity in body["embedded"]["entities"]]
         href = body["links"].get("next", {}).get("href")
     assert len(seen) == 6
@@ -283,3 +310,178 @@ async def test_bad_continuation_token_gets_400(aiohttp_client: AiohttpClient) ->
 async def test_producersync_needs_no_contracting_scope(aiohttp_client: AiohttpClient) -> None:
     client, headers = await start_with_token(aiohttp_client, scope="rino_api_agency_write")
     assert (await client.get("/v2/entities", headers=headers)).status == 200
+
+
+# ---- the API's rate limit ----
+
+
+async def test_every_answer_to_a_valid_token_carries_its_rate_limit_budget(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    clock = FakeClock()
+    config = SimulatorConfig(api_requests_per_minute=5)
+    client, headers = await start_with_token(aiohttp_client, config=config, clock=clock)
+    assert quota(await client.get(ENTITY, headers=headers)) == (5, 4, 60)
+    clock.now += 10.5
+    not_found = await client.get("/v2/entities/1", headers=headers)
+    assert (not_found.status, quota(not_found)) == (404, (5, 3, 50))
+    refused = await client.delete(f"{PRODUCTS}/101", headers=headers)  # no delete scope
+    assert (refused.status, quota(refused)) == (403, (5, 2, 50))
+    wrong_method = await client.patch(ENTITY, headers=headers)
+    assert (wrong_method.status, quota(wrong_method)) == (405, (5, 1, 50))
+
+
+async def test_calls_without_a_valid_token_are_not_counted_nor_labelled(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    config = SimulatorConfig(api_requests_per_minute=2)
+    client, headers = await start_with_token(aiohttp_client, config=config)
+    for _ in range(5):
+        for wrong in ({}, {"Authorization": "Bearer made-up-token"}):
+            response = await client.get(ENTITY, headers=wrong)
+            assert response.status == 401
+            assert not any(name in response.headers for name in RATE_HEADERS)
+    assert quota(await client.get(ENTITY, headers=headers)) == (2, 1, 60)
+
+
+async def test_beyond_the_limit_answers_429_with_retry_after_and_agentsync_body(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    clock = FakeClock()
+    config = SimulatorConfig(api_requests_per_minute=3)
+    client, headers = await start_with_token(aiohttp_client, config=config, clock=clock)
+    for _ in range(3):
+        assert (await client.get(ENTITY, headers=headers)).status == 200
+    clock.now += 12.25
+    response = await client.get(f"{CARRIERS}?size=2", headers=headers)
+    assert response.status == 429
+    assert quota(response) == (3, 0, 48)
+    assert response.headers["Retry-After"] == "48"
+    body = await response.json()
+    assert_agentsync_error(body, 429, "Too Many Requests", CARRIERS)
+    assert "rate limit" in body["message"]
+
+
+async def test_tokens_of_one_client_share_its_budget(aiohttp_client: AiohttpClient) -> None:
+    config = SimulatorConfig(api_requests_per_minute=2)
+    client, first = await start_with_token(aiohttp_client, config=config)
+    second = await bearer(client)
+    assert (await client.get(ENTITY, headers=first)).status == 200
+    assert quota(await client.get(ENTITY, headers=second)) == (2, 0, 60)
+    assert (await client.get(ENTITY, headers=first)).status == 429
+
+
+async def test_the_window_ends_sixty_seconds_after_its_first_call(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    clock = FakeClock()
+    config = SimulatorConfig(api_requests_per_minute=2)
+    client, headers = await start_with_token(aiohttp_client, config=config, clock=clock)
+    clock.now += 100  # the window starts with the first call, not with the token
+    assert quota(await client.get(ENTITY, headers=headers)) == (2, 1, 60)
+    clock.now += 30
+    assert quota(await client.get(ENTITY, headers=headers)) == (2, 0, 30)
+    clock.now += 29.5
+    late = await client.get(ENTITY, headers=headers)
+    assert (late.status, quota(late), late.headers["Retry-After"]) == (429, (2, 0, 1), "1")
+    clock.now += 0.5
+    fresh = await client.get(ENTITY, headers=headers)
+    assert (fresh.status, quota(fresh)) == (200, (2, 1, 60))
+
+
+async def test_the_default_limit_is_300_calls_a_minute(aiohttp_client: AiohttpClient) -> None:
+    assert SimulatorConfig().api_requests_per_minute == 300
+    client, headers = await start_with_token(aiohttp_client)
+    statuses = [(await client.get(ENTITY, headers=headers)).status for _ in range(300)]
+    assert statuses == [200] * 300
+    response = await client.get(ENTITY, headers=headers)
+    assert (response.status, quota(response)) == (429, (300, 0, 60))
+
+
+# ---- links as AgentSync writes them ----
+
+
+async def test_v2_list_links_are_absolute_with_percent_encoded_tokens(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    client, headers = await start_with_token(aiohttp_client)
+    body = await (await client.get("/v2/entities?limit=2", headers=headers)).json()
+    links = body["links"]
+    assert links["self"]["href"] == f"{origin(client)}/v2/entities?limit=2"
+    prefix = f"{origin(client)}/v2/entities?continuationToken=%2B%2F"
+    assert links["next"]["href"].startswith(prefix)
+    assert links["next"]["href"].endswith("&limit=2")
+    entity_links = [entity["links"]["self"]["href"] for entity in body["embedded"]["entities"]]
+    assert all(href.startswith(f"{origin(client)}/v2/entities/") for href in entity_links)
+
+
+@pytest.mark.parametrize("listing", ["entities", "licenses"])
+async def test_following_links_next_href_gives_page_two(
+    aiohttp_client: AiohttpClient, listing: str
+) -> None:
+    client, headers = await start_with_token(aiohttp_client)
+    whole = await (await client.get(f"/v2/{listing}?limit=100", headers=headers)).json()
+    first = await (await client.get(f"/v2/{listing}?limit=3", headers=headers)).json()
+    response = await follow(client, first["links"]["next"]["href"], headers)
+    assert response.status == 200
+    second = await response.json()
+    assert second["embedded"][listing] == whole["embedded"][listing][3:6]
+    assert second["links"]["self"]["href"] == first["links"]["next"]["href"]
+
+
+async def test_a_link_whose_token_lost_its_percent_encoding_is_refused(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    client, headers = await start_with_token(aiohttp_client)
+    first = await (await client.get("/v2/licenses?limit=3", headers=headers)).json()
+    decoded = first["links"]["next"]["href"].replace("%2B", "+").replace("%2F", "/")
+    response = await follow(client, decoded, headers)
+    assert response.status == 400
+    assert_agentsync_error(await response.json(), 400, "bad_request", "/v2/licenses")
+
+
+async def test_a_token_of_one_list_is_refused_by_another(aiohttp_client: AiohttpClient) -> None:
+    client, headers = await start_with_token(aiohttp_client)
+    first = await (await client.get("/v2/licenses?limit=3", headers=headers)).json()
+    query = URL(first["links"]["next"]["href"], encoded=True).raw_query_string
+    response = await client.get(URL(f"/v2/entities?{query}", encoded=True), headers=headers)
+    assert response.status == 400
+
+
+async def test_links_name_the_public_url_with_its_base_path(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    config = SimulatorConfig(public_url="https://producersync.example.test/gateway/")
+    client, headers = await start_with_token(aiohttp_client, config=config)
+    body = await (await client.get("/v2/entities?limit=4", headers=headers)).json()
+    base = "https://producersync.example.test/gateway/v2/entities"
+    assert body["links"]["self"]["href"] == f"{base}?limit=4"
+    assert body["links"]["next"]["href"].startswith(f"{base}?continuationToken=%2B%2F")
+    assert body["embedded"]["entities"][0]["links"]["self"]["href"].startswith(f"{base}/")
+
+
+async def test_contracting_links_stay_relative(aiohttp_client: AiohttpClient) -> None:
+    config = SimulatorConfig(public_url="https://contracting.example.test")
+    client, headers = await start_with_token(aiohttp_client, config=config)
+    body = await (await client.get(f"{PRODUCTS}?size=5", headers=headers)).json()
+    assert body["_links"]["next"]["href"] == f"{PRODUCTS}?page=1&size=5"
+
+
+@pytest.mark.parametrize(
+    "public_url",
+    ["ftp://example.test", "example.test", "http://", "http://h/?q=1", "http://h/#f", "http://a b"],
+)
+def test_config_refuses_a_public_url_that_is_not_a_plain_http_url(public_url: str) -> None:
+    with pytest.raises(ValueError, match="public_url"):
+        SimulatorConfig(public_url=public_url)
+
+
+def test_config_refuses_a_public_url_with_credentials_without_showing_them() -> None:
+    with pytest.raises(ValueError, match="public_url") as raised:
+        SimulatorConfig(public_url="https://user:hunter2@example.test")
+    assert "hunter2" not in str(raised.value)
+
+
+def test_config_refuses_an_api_limit_below_one() -> None:
+    with pytest.raises(ValueError, match="api_requests_per_minute"):
+        SimulatorConfig(api_requests_per_minute=0)

@@ -1,4 +1,5 @@
-"""What every simulated API call goes through: token and scope checks, error bodies, counting."""
+"""What every simulated API call goes through: token, rate-limit and scope checks, error bodies,
+counting."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from datetime import UTC, datetime
 
 from aiohttp import hdrs, web
 
+from .api_rate_limit import Quota
 from .state import SIMULATOR_STATE, SimulatorState
 from .token_endpoint import TOKEN_PATHS
+from .tokens import IssuedToken
 
 CONTROL_PREFIX = "/_simulator/"
 CONTRACTING_PREFIX = "/contracting/"
@@ -45,27 +48,42 @@ def required_scope(method: str) -> str:
 
 @web.middleware
 async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Authenticate, authorise, run and count every API call; other paths pass through."""
+    """Authenticate, rate-limit, authorise, run and count every API call; other paths pass
+    through. Only calls with a valid token count against the limit and get its headers."""
     if not is_api_path(request.path):
         return await handler(request)
     state = request.app[SIMULATOR_STATE]
+    quota: Quota | None = None
     try:
-        _authorise(request, state)
+        issued = _authenticate(request, state)
+        quota = state.api_limiter.take(issued.client_id, state.api_requests_per_minute)
+        if quota.exceeded:
+            raise ApiError(
+                429,
+                "Too Many Requests",
+                f"API rate limit of {quota.limit} requests per minute exceeded;"
+                f" retry in {quota.reset} seconds",
+            )
+        _authorise(request, issued)
         response = await handler(request)
     except ApiError as exc:
-        response = api_error_response(request, state, exc)
+        response = api_error_response(request, exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         error = exc.reason.lower().replace(" ", "_")
-        response = api_error_response(request, state, ApiError(exc.status, error, exc.reason))
+        response = api_error_response(request, ApiError(exc.status, error, exc.reason))
         if hdrs.ALLOW in exc.headers:
             response.headers[hdrs.ALLOW] = exc.headers[hdrs.ALLOW]
+    if quota is not None:
+        response.headers.update(quota.headers())
+        if quota.exceeded:
+            response.headers[hdrs.RETRY_AFTER] = str(quota.reset)
     state.api_calls[str(response.status)] += 1
     return response
 
 
-def _authorise(request: web.Request, state: SimulatorState) -> None:
+def _authenticate(request: web.Request, state: SimulatorState) -> IssuedToken:
     scheme, _, token = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
@@ -73,13 +91,18 @@ def _authorise(request: web.Request, state: SimulatorState) -> None:
     issued = state.tokens.find(token)
     if issued is None:
         raise ApiError(401, "invalid_token", "The access token is invalid, expired or revoked")
+    return issued
+
+
+def _authorise(request: web.Request, issued: IssuedToken) -> None:
     needed = required_scope(request.method)
     if request.path.startswith(CONTRACTING_PREFIX) and needed not in issued.scopes:
         raise ApiError(403, "access_denied", "Policy evaluation failed")
 
 
-def api_error_response(request: web.Request, state: SimulatorState, exc: ApiError) -> web.Response:
-    moment = datetime.fromtimestamp(state.clock(), tz=UTC)
+def api_error_response(request: web.Request, exc: ApiError) -> web.Response:
+    # Wall-clock time, not the simulator's clock, which may be monotonic or a test's.
+    moment = datetime.now(UTC)
     body = {
         "timestamp": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "status": exc.status,

@@ -33,9 +33,10 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
 
 def create_app(
-    config: SimulatorConfig = DEFAULT_CONFIG, clock: Clock = time.time
+    config: SimulatorConfig = DEFAULT_CONFIG, clock: Clock = time.monotonic
 ) -> web.Application:
-    """A fresh simulator with its own tokens, counters and copy of the data set."""
+    """A fresh simulator with its own tokens, counters and copy of the data set; `clock`
+    times token expiry and the rate limits."""
     app = web.Application(middlewares=[json_errors, api_middleware])
     app[SIMULATOR_STATE] = SimulatorState(config, clock)
     for path in TOKEN_PATHS:

@@ -8,6 +8,7 @@ from typing import Any, TypeGuard
 
 from aiohttp import web
 
+from .links import public_base
 from .state import SIMULATOR_STATE
 
 PREFIX = "/_simulator"
@@ -74,6 +75,8 @@ def _config_body(request: web.Request) -> web.Response:
         {
             "token_lifetime": state.token_lifetime,
             "token_requests_per_minute": state.token_requests_per_minute,
+            "api_requests_per_minute": state.api_requests_per_minute,
+            "public_url": public_base(request),
         }
     )
 
@@ -83,7 +86,8 @@ async def get_config(request: web.Request) -> web.Response:
 
 
 async def update_config(request: web.Request) -> web.Response:
-    """Change token policy; a new lifetime applies to tokens issued from now on."""
+    """Change token and API policy: a new lifetime applies to tokens issued from now on, a new
+    API rate limit to the next call (calls already made in the window still count)."""
     body = await _json_object(request)
     problems = []
     lifetime = body.get("token_lifetime")
@@ -92,12 +96,21 @@ async def update_config(request: web.Request) -> web.Response:
     per_minute = body.get("token_requests_per_minute")
     if "token_requests_per_minute" in body and (not _is_int(per_minute) or per_minute < 1):
         problems.append("'token_requests_per_minute' must be a positive integer")
-    _check(body, {"token_lifetime", "token_requests_per_minute"}, problems)
+    api_per_minute = body.get("api_requests_per_minute")
+    if "api_requests_per_minute" in body and (not _is_int(api_per_minute) or api_per_minute < 1):
+        problems.append("'api_requests_per_minute' must be a whole number of at least 1")
+    _check(
+        body,
+        {"token_lifetime", "token_requests_per_minute", "api_requests_per_minute"},
+        problems,
+    )
     state = request.app[SIMULATOR_STATE]
     if lifetime is not None:
         state.token_lifetime = float(lifetime)
     if per_minute is not None:
         state.token_requests_per_minute = per_minute
+    if api_per_minute is not None:
+        state.api_requests_per_minute = api_per_minute
     return _config_body(request)
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter, deque
 from dataclasses import dataclass
 
 from aiohttp import web
 
+from .api_rate_limit import FixedWindowLimiter
 from .config import SimulatorConfig
 from .data import DataSet, new_data_set
 from .tokens import Clock, SlidingWindowLimiter, TokenStore
@@ -26,25 +28,31 @@ class SimulatorState:
 
     token_lifetime: float  # for tokens issued from now on
     token_requests_per_minute: int
+    api_requests_per_minute: int
     tokens: TokenStore
-    rate_limiter: SlidingWindowLimiter
+    rate_limiter: SlidingWindowLimiter  # the token endpoint's
+    api_limiter: FixedWindowLimiter
     faults: deque[Fault]
     data: DataSet
     token_requests: int  # every request to the token endpoint, refused ones included
     tokens_issued: int
     api_calls: Counter[str]  # API responses by status code, e.g. {"200": 3, "401": 1}
 
-    def __init__(self, config: SimulatorConfig, clock: Clock) -> None:
+    def __init__(self, config: SimulatorConfig, clock: Clock = time.monotonic) -> None:
         self.config = config
+        # Token expiry and both rate limits read this clock; tests move it instead of sleeping.
         self.clock = clock
         self.reset()
 
     def reset(self) -> None:
-        """Back to how the instance started: no tokens, counters, faults or writes."""
+        """Back to how the instance started: no tokens, counters, faults, writes or spent
+        rate limits."""
         self.token_lifetime = float(self.config.token_lifetime)
         self.token_requests_per_minute = self.config.token_requests_per_minute
+        self.api_requests_per_minute = self.config.api_requests_per_minute
         self.tokens = TokenStore(self.clock)
         self.rate_limiter = SlidingWindowLimiter(self.clock)
+        self.api_limiter = FixedWindowLimiter(self.clock)
         self.faults = deque()
         self.data = new_data_set()
         self.token_requests = 0
