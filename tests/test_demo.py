@@ -35,7 +35,7 @@ async def test_the_demos_burst_of_20_is_paced_to_200s_without_a_429() -> None:
                 line = await process.stdout.readline()
                 assert line, "the demo ended before it served"
                 printed += line.decode()
-        [burst] = re.findall(r"^  (seq 20 .*\\\n.*)$", printed, re.MULTILINE)
+        [burst] = re.findall(r"^  (seq 20 .*\\\n.*\\\n.*)$", printed, re.MULTILINE)
         shell = await asyncio.create_subprocess_exec(
             "bash", "-c", burst, stdout=asyncio.subprocess.PIPE
         )
