@@ -4,46 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import shutil
-import sys
 
 import pytest
+
+from tests.cli_process import demo_process
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the demo's lines use curl")
 async def test_the_demos_burst_of_20_is_paced_to_200s_without_a_429() -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        "demo",
-        "--listen",
-        "127.0.0.1:0",
-        "--simulator-listen",
-        "127.0.0.1:0",
-        env={"PATH": os.environ["PATH"], "PYTHONPATH": os.getcwd()},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        assert process.stdout is not None
-        printed = ""
-        async with asyncio.timeout(20):
-            while "Ctrl-C stops both." not in printed:
-                line = await process.stdout.readline()
-                assert line, "the demo ended before it served"
-                printed += line.decode()
+    async with demo_process() as printed:
         [burst] = re.findall(r"^  (seq 20 .*\\\n.*\\\n.*)$", printed, re.MULTILINE)
         shell = await asyncio.create_subprocess_exec(
             "bash", "-c", burst, stdout=asyncio.subprocess.PIPE
         )
         async with asyncio.timeout(60):
             out, _ = await shell.communicate()
-    finally:
-        process.kill()
-        await process.wait()
     *answers, stats = out.decode().splitlines()
     assert len(answers) == 20
     assert all(re.fullmatch(r"\d+: 200 after [\d.]+ s", answer) for answer in answers)
