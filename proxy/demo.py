@@ -204,6 +204,16 @@ No credentials needed: the proxy fetches a token and adds it. Paste these lines 
   # says how many are left and when the minute's budget comes back
   curl -si '{p}/v2/entities?limit=2' | grep -i '^ratelimit'
 
+  # 20 calls at once: the proxy paces them under that limit (about one a second here),
+  # so every answer is a 200, none a 429; then the simulator's count shows no 429 either
+  seq 20 | xargs -P 20 -I{{}} curl -s -o /dev/null \\
+       -w '{{}}: %{{http_code}} after %{{time_total}} s\\n' \\
+       '{p}/v2/entities/17345829'; curl -s '{s}/_simulator/stats'
+
+  # ProducerSync v2 links are absolute; through the proxy they lead back to the proxy,
+  # so following "next" needs no token (straight at the simulator it would get a 401)
+  curl -s '{p}/v2/licenses?limit=2'
+
   # what the simulator saw: token requests, tokens issued, API calls by status
   curl -s '{s}/_simulator/stats'
 

@@ -108,3 +108,28 @@ async def until_ready(url: str) -> None:
                     if response.status == 200:
                         return
             await asyncio.sleep(0.02)
+
+
+@asynccontextmanager
+async def demo_process() -> AsyncIterator[str]:
+    """`agentsync-proxy demo` on free ports; yields what it printed, once it has printed all
+    its instructions."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "proxy", "demo", "--listen", "127.0.0.1:0", "--simulator-listen", "127.0.0.1:0"),
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": os.getcwd()},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        assert process.stdout is not None
+        printed = ""
+        async with asyncio.timeout(20):
+            while "Ctrl-C stops both." not in printed:
+                line = await process.stdout.readline()
+                assert line, "the demo ended before it served"
+                printed += line.decode()
+        yield printed
+    finally:
+        process.kill()
+        await process.wait()

@@ -14,7 +14,7 @@ import pytest
 import structlog
 
 from proxy.keys import METRICS
-from proxy.servers import RunningProxy
+from proxy.servers import RunningProxy, RunningSimulator, running_proxy, settings_for
 from tests.conftest import ProxyFactory
 from tests.rawhttp import RawUpstream, raw_request, reply
 
@@ -174,3 +174,26 @@ async def test_accept_encoding_keeps_only_what_the_proxy_can_decode(
         "gzip;q=0.8",
         None,
     ]
+
+
+async def test_following_next_through_the_proxy_reaches_page_two(
+    agentsync_simulator: RunningSimulator,
+) -> None:
+    async with (
+        running_proxy(settings_for(agentsync_simulator)) as proxy,
+        aiohttp.ClientSession() as session,
+    ):
+        async with session.get(f"{proxy.url}/v2/licenses?limit=2") as response:
+            first = await response.json()
+        following = first["links"]["next"]["href"]
+        assert following.startswith(proxy.url + "/v2/licenses?")
+        assert "%2B" in following  # the continuation token's encoding, kept byte for byte
+        async with session.get(following) as response:  # no token: the proxy adds one
+            assert response.status == 200
+            second = await response.json()
+        # The same link as AgentSync wrote it leads straight to the API, without a token.
+        direct = following.replace(proxy.url, agentsync_simulator.url)
+        async with session.get(direct) as response:
+            assert response.status == 401
+    assert second["embedded"]["licenses"] != first["embedded"]["licenses"]
+    assert second["links"]["self"]["href"] == following

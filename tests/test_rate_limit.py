@@ -5,15 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import pytest
 
 from proxy.keys import METRICS
-from proxy.servers import RunningProxy
+from proxy.servers import (
+    RunningProxy,
+    RunningSimulator,
+    running_proxy,
+    running_simulator,
+    settings_for,
+)
+from proxy.simulator import SimulatorConfig
 from tests.conftest import ProxyFactory
 from tests.rawhttp import RawUpstream, Received, Writer, response_bytes
 
@@ -195,3 +204,77 @@ async def test_ratelimit_headers_pass_through(
     assert (headers["ratelimit-limit"], headers["ratelimit-remaining"]) == ("300", "250")
     assert headers["ratelimit-reset"] == "42"
     assert sample(proxy, "agentsync_proxy_rate_limit_remaining") == 250
+
+
+class OffsetClock:
+    """The simulator's clock: real time, plus whatever the test skips ahead."""
+
+    def __init__(self) -> None:
+        self.skipped = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.skipped
+
+
+async def stats(session: aiohttp.ClientSession, simulator: RunningSimulator) -> dict[str, Any]:
+    async with session.get(simulator.url + "/_simulator/stats") as response:
+        result: dict[str, Any] = await response.json()
+        return result
+
+
+async def test_backlog_drains_evenly_under_the_limit() -> None:
+    config = SimulatorConfig(api_requests_per_minute=120)
+    async with (
+        running_simulator(config) as simulator,
+        running_proxy(settings_for(simulator)) as proxy,
+        aiohttp.ClientSession() as session,
+    ):
+        url = proxy.url + "/v2/entities/17345829"
+        assert (await fetch(session, url))[0] == 200  # the API announces its budget
+
+        async def timed() -> tuple[int, float]:
+            status, _, _ = await fetch(session, url)
+            return status, time.monotonic()
+
+        started = time.monotonic()
+        results = await asyncio.gather(*(timed() for _ in range(40)))
+        calls = (await stats(session, simulator))["api_calls"]
+    assert [status for status, _ in results] == [200] * 40
+    assert "429" not in calls
+    times = sorted(at - started for _, at in results)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    # One every 60/119 s: 0.5 s apart, not in a burst (a loaded machine may bunch a pair).
+    assert sorted(gaps)[len(gaps) // 2] == pytest.approx(0.5, abs=0.1)
+    assert sum(gap < 0.1 for gap in gaps) <= 2
+    assert 17 <= times[-1] <= 30
+
+
+async def test_auto_follows_the_announced_remaining_and_reset() -> None:
+    clock = OffsetClock()
+    config = SimulatorConfig(api_requests_per_minute=10)
+    async with (
+        running_simulator(config, clock=clock) as simulator,
+        running_proxy(settings_for(simulator)) as proxy,
+        aiohttp.ClientSession() as session,
+    ):
+        url = proxy.url + "/v2/entities/17345829"
+        assert (await fetch(session, url))[0] == 200  # 9 left in this window
+        clock.skipped = 57.0  # the window resets in 3 s
+        # Another application with the same client id spends all but one call, directly.
+        form = {"grant_type": "client_credentials", "client_id": config.client_id}
+        form["client_secret"] = config.client_secret
+        async with session.post(simulator.token_url, data=form) as response:
+            token = (await response.json())["access_token"]
+        for _ in range(8):
+            direct = simulator.url + "/v2/entities/17345829"
+            async with session.get(direct, headers={"Authorization": f"Bearer {token}"}) as r:
+                assert r.status == 200
+        status, _, headers = await fetch(session, url)  # the last call of the window
+        assert (status, headers["ratelimit-remaining"]) == (200, "0")
+        started = time.monotonic()
+        status, _, headers = await fetch(session, url)  # held until the reset
+        held = time.monotonic() - started
+        calls = (await stats(session, simulator))["api_calls"]
+    assert status == 200 and headers["ratelimit-remaining"] == "9"
+    assert 1.5 <= held <= 10
+    assert "429" not in calls

@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
 from proxy.simulator import SIMULATOR_STATE, SimulatorConfig, create_app
-from tests.cli_process import run_cli
+from tests.cli_process import demo_process, run_cli
 from tests.clocks import FakeClock
 
 Client = TestClient[web.Request, web.Application]
@@ -318,31 +318,10 @@ async def test_simulator_flags_set_the_public_url_and_the_api_rate_limit() -> No
 
 
 async def test_demo_allows_60_api_calls_a_minute_by_default() -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        "demo",
-        "--listen",
-        "127.0.0.1:0",
-        "--simulator-listen",
-        "127.0.0.1:0",
-        env={"PATH": os.environ["PATH"]},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        assert process.stdout is not None
-        found = None
-        async with asyncio.timeout(20):
-            while found is None:
-                line = await process.stdout.readline()
-                assert line, "the demo ended before it served"
-                found = re.search(r"the AgentSync simulator is on (http://\S+),", line.decode())
+    async with demo_process() as printed:
+        found = re.search(r"the AgentSync simulator is on (http://\S+),", printed)
+        assert found is not None
         response, _ = await first_entities_page(found[1])
-    finally:
-        process.kill()
-        await process.wait()
     assert response.headers["ratelimit-limit"] == "60"
 
 
