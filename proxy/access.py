@@ -25,10 +25,6 @@ CONTRACTING_SCOPES = {
 }
 
 
-def new_request_id() -> str:
-    return os.urandom(16).hex()
-
-
 def mask_query(target: str) -> str:
     """Keep the query's names, hide its values: they are often personal data (NPNs, names)."""
     path, sep, query = target.partition("?")
@@ -57,7 +53,7 @@ class Exchange:
     def of(cls, request: web.Request) -> Exchange:
         """The record of `request`, with its X-Request-Id or a new one."""
         return cls(
-            request_id=request.headers.get("X-Request-Id") or new_request_id(),
+            request_id=request.headers.get("X-Request-Id") or os.urandom(16).hex(),
             method=request.method,
             target=request.raw_path,
             client=request.remote,
@@ -66,8 +62,9 @@ class Exchange:
     def finish(self, metrics: Metrics, log_query: bool) -> None:
         seconds = time.perf_counter() - self.started
         metrics.answered(self.method, self.status, seconds, self.bytes_in, self.bytes_out)
-        if self.upstream_seconds is not None:
-            metrics.upstream_duration.observe(self.upstream_seconds)
+        upstream = self.upstream_seconds
+        if upstream is not None:
+            metrics.upstream_duration.observe(upstream)
         if self.links_rewritten:
             metrics.links_rewritten()
         if self.replayed:
@@ -82,9 +79,7 @@ class Exchange:
             status=self.status,
             upstream_status=self.upstream_status,
             duration_ms=round(seconds * 1000, 2),
-            upstream_ms=None
-            if self.upstream_seconds is None
-            else round(self.upstream_seconds * 1000, 2),
+            upstream_ms=None if upstream is None else round(upstream * 1000, 2),
             bytes_in=self.bytes_in,
             bytes_out=self.bytes_out,
             replayed=self.replayed,

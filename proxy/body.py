@@ -59,17 +59,15 @@ class CapturedBody:
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         sent = 0
-        while True:
+        while sent < self.size or self._stream is not None:
             if sent < self.size:
                 chunk = await self._kept(sent)
                 sent += len(chunk)
                 yield chunk
-                continue
-            if self._stream is None:
-                return
-            async with self._turn:
-                if sent == self.size and self._stream is not None:
-                    await self._read()
+            else:
+                async with self._turn:
+                    if sent == self.size and self._stream is not None:
+                        await self._read()
 
     async def _kept(self, offset: int) -> bytes:
         if self._file is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import signal
 import sys
@@ -32,13 +33,11 @@ class _Parser(argparse.ArgumentParser):
 
 def _positive(text: str) -> float:
     # float() also reads inf, nan, 1e400 and other scripts' digits.
-    try:
+    with contextlib.suppress(ValueError):
         value = float(text) if text.isascii() else math.nan
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of seconds above 0")
-    return value
+        if math.isfinite(value) and value > 0:
+            return value
+    raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of seconds above 0")
 
 
 def _at_least_one(text: str) -> int:
@@ -57,34 +56,26 @@ def _public_url(text: str) -> str:
 
 def parser(command: str) -> argparse.ArgumentParser:
     defaults = SimulatorConfig()
+    demo = command == "demo"
     parser = _Parser(
         prog=f"agentsync-proxy {command}",
         description=(
             "The AgentSync simulator and a proxy wired to it, in one process."
-            if command == "demo"
+            if demo
             else "The AgentSync simulator: token endpoint, API and /_simulator/ controls."
         ),
     )
     parser.add_argument("--version", action="version", version=f"agentsync-proxy {__version__}")
-    if command == "demo":
-        parser.add_argument(
-            "--listen",
-            default="127.0.0.1:8080",
-            metavar="HOST:PORT",
-            help="the proxy's address (default 127.0.0.1:8080)",
-        )
-        parser.add_argument(
-            "--simulator-listen",
-            default="127.0.0.1:8090",
-            metavar="HOST:PORT",
-            help="the simulator's address (default 127.0.0.1:8090)",
-        )
+    if demo:
+        addresses = [
+            ("--listen", "the proxy's address", "127.0.0.1:8080"),
+            ("--simulator-listen", "the simulator's address", "127.0.0.1:8090"),
+        ]
     else:
+        addresses = [("--listen", "address to listen on", "127.0.0.1:8090")]
+    for flag, what, default in addresses:
         parser.add_argument(
-            "--listen",
-            default="127.0.0.1:8090",
-            metavar="HOST:PORT",
-            help="address to listen on (default 127.0.0.1:8090)",
+            flag, default=default, metavar="HOST:PORT", help=f"{what} (default {default})"
         )
     parser.add_argument("--client-id", default=defaults.client_id)
     parser.add_argument(
@@ -100,9 +91,7 @@ def parser(command: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--token-lifetime", type=_positive, default=defaults.token_lifetime, metavar="SECONDS"
     )
-    per_minute = (
-        DEMO_API_REQUESTS_PER_MINUTE if command == "demo" else DEFAULT_API_REQUESTS_PER_MINUTE
-    )
+    per_minute = DEMO_API_REQUESTS_PER_MINUTE if demo else DEFAULT_API_REQUESTS_PER_MINUTE
     parser.add_argument(
         "--api-requests-per-minute",
         type=_at_least_one,
@@ -113,7 +102,6 @@ def parser(command: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--public-url",
         type=_public_url,
-        default=None,
         metavar="URL",
         help="where the simulator's absolute links point (default: its own address)",
     )
@@ -139,12 +127,11 @@ def main(command: str, argv: Sequence[str], environ: Mapping[str, str]) -> int:
         public_url=args.public_url,
     )
     logs.configure(args.log_format, "info")
+    listen = _address("--listen", args.listen)
     if command == "simulator":
-        asyncio.run(_simulator(config, _address("--listen", args.listen)))
-        return 0
-    proxy_listen = _address("--listen", args.listen)
-    simulator_listen = _address("--simulator-listen", args.simulator_listen)
-    asyncio.run(_demo(config, proxy_listen, simulator_listen))
+        asyncio.run(_simulator(config, listen))
+    else:
+        asyncio.run(_demo(config, listen, _address("--simulator-listen", args.simulator_listen)))
     return 0
 
 
@@ -155,10 +142,9 @@ async def _simulator(config: SimulatorConfig, listen: Listen) -> None:
 
 
 async def _demo(config: SimulatorConfig, proxy_listen: Listen, simulator_listen: Listen) -> None:
-    simulator = running_simulator(
+    async with running_simulator(
         config, simulator_listen.host, simulator_listen.port, flag="--simulator-listen"
-    )
-    async with simulator as sim:
+    ) as sim:
         settings = proxy_settings_for(sim, listen=proxy_listen, log_format="console")
         async with running_proxy(settings) as proxy:
             print(instructions(sim, proxy), flush=True)

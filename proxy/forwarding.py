@@ -45,8 +45,7 @@ def dropped(headers: Headers, always: frozenset[str]) -> frozenset[str]:
     listed = headers.getall("Connection", ())
     if not listed:
         return always
-    names = {name.strip().lower() for value in listed for name in value.split(",")}
-    return always | names
+    return always | {name.strip().lower() for value in listed for name in value.split(",")}
 
 
 def request_headers(
@@ -127,10 +126,6 @@ class Upstream:
         return rest if rest.startswith("/") else "/" + rest
 
 
-def bearer(token: Token) -> str:
-    return "Bearer " + token.value.reveal()
-
-
 async def send(
     session: aiohttp.ClientSession,
     method: str,
@@ -141,11 +136,10 @@ async def send(
 ) -> aiohttp.ClientResponse:
     """Send to `url` (the API base URL and the client's target, joined once as text, never
     resolved), with the token; the answer once its headers are in."""
-    headers = [*headers, ("Authorization", bearer(token))]
     return await session.request(
         method,
         url,
-        headers=headers,
+        headers=[*headers, ("Authorization", "Bearer " + token.value.reveal())],
         data=None if body is None else body.payload(),
         allow_redirects=False,
     )

@@ -5,17 +5,16 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
 from structlog.tracebacks import ExceptionDictTransformer
+from structlog.typing import EventDict
 
 SENSITIVE_KEYS = frozenset(
     {"authorization", "access_token", "token", "client_secret", "secret", "password", "cookie"}
 )
-EventDict = MutableMapping[str, Any]
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
 
 

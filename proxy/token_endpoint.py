@@ -92,10 +92,7 @@ class TokenEndpoint:
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
             ) as response:
-                body = await response.read()
-                return self._interpret(
-                    response.status, response.headers.get("Retry-After"), body, started
-                )
+                return self._interpret(response, await response.read(), started)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
             raise TokenUnavailable(
@@ -122,14 +119,12 @@ class TokenEndpoint:
             form["scope"] = self.scope
         return form, headers
 
-    def _interpret(
-        self, status: int, retry_after_header: str | None, body: bytes, started: float
-    ) -> Token:
-        retry_after = retry_after_seconds(retry_after_header)
+    def _interpret(self, response: aiohttp.ClientResponse, body: bytes, started: float) -> Token:
+        status = response.status
         if status == 429 or status >= 500:
             raise TokenUnavailable(
                 f"the token endpoint answered {status}; the proxy retries with backoff",
-                retry_after=retry_after,
+                retry_after=retry_after_seconds(response.headers.get("Retry-After")),
             )
         payload = _json_object(body)
         if status != 200:
@@ -181,7 +176,7 @@ class TokenEndpoint:
                 "check AGENTSYNC_SCOPE against the scopes granted to the client for the"
                 f" {self.environment} environment"
             )
-        elif code_text == "unsupported_grant_type" or code_text == "unauthorized_client":
+        elif code_text in ("unsupported_grant_type", "unauthorized_client"):
             action = (
                 "the client is not allowed the client-credentials grant; contact AgentSync support"
             )

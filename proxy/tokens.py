@@ -10,7 +10,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import structlog
@@ -44,16 +44,14 @@ class CapReached(TokenUnavailable):
     """The proxy's own per-minute cap on token requests is used up."""
 
 
+@dataclass(eq=False)
 class RequestCap:
     """At most `limit` events in any sliding window of `window` seconds."""
 
-    def __init__(
-        self, limit: int, window: float = 60.0, clock: Callable[[], float] = time.monotonic
-    ):
-        self.limit = limit
-        self.window = window
-        self.clock = clock
-        self._times: deque[float] = deque()
+    limit: int
+    window: float = 60.0
+    clock: Callable[[], float] = time.monotonic
+    _times: deque[float] = field(default_factory=deque, init=False, repr=False)
 
     def try_acquire(self) -> float:
         """Take a slot and return 0, or return the seconds until one frees."""
@@ -252,12 +250,8 @@ class TokenSource:
             outcome = "rejected"
             self._last_request_failed = exc.description
             raise
-        except TokenUnavailable as exc:
-            self._unavailable_in_a_row += 1
-            self._last_request_failed = exc.description
-            raise
-        except Exception as exc:  # an answer or a bug nobody foresaw: retried like a 503
-            error = _unexpected(exc)
+        except Exception as exc:  # unforeseen answers and bugs are retried like a 503 too
+            error = exc if isinstance(exc, TokenUnavailable) else _unexpected(exc)
             self._unavailable_in_a_row += 1
             self._last_request_failed = error.description
             raise error from None
