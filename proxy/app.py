@@ -204,8 +204,15 @@ async def forward(request: web.Request) -> web.StreamResponse:
         if body is not None:
             exchange.bytes_in = body.size
             await body.close()
-        metrics.in_flight -= 1
-        exchange.finish(metrics, settings.log_query)
+        # The access line and the metrics wait for the answer to leave (the handler returns it
+        # to aiohttp, which sends it): they are not part of the client's latency. in_flight
+        # drops then too, so that "nothing in flight" still means "every access line written".
+        request.task.get_loop().call_soon(_finished, exchange, metrics, settings.log_query)
+
+
+def _finished(exchange: Exchange, metrics: Metrics, log_query: bool) -> None:
+    metrics.in_flight -= 1
+    exchange.finish(metrics, log_query)
 
 
 def _length(request: web.Request, body: CapturedBody | None) -> int | None:

@@ -61,3 +61,17 @@ def test_off_a_terminal_every_event_is_one_json_line_with_utc_time_and_no_secret
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z", line["timestamp"])
     assert "tok-123" not in err
     assert "abc.def" not in err
+
+
+def test_a_value_json_cannot_hold_natively_is_still_one_json_line(
+    capsys: pytest.CaptureFixture[str], restore_logging: None
+) -> None:
+    logs.configure("json", "info")
+    structlog.get_logger("proxy").warning("token_expires_in_invalid", value=10**30, at={1, 2})
+    [line] = capsys.readouterr().err.splitlines()
+    event = json.loads(line)
+    assert (event["event"], event["value"], event["at"]) == (
+        "token_expires_in_invalid",
+        10**30,
+        "{1, 2}",
+    )
