@@ -4,7 +4,8 @@ asyncio's event loop and on uvloop's, agentsync-proxy's own), in one run on loop
 rewriting links and a fleet's Redis cost; prints a markdown report with the targets met or not
 and writes it to bench/results.md.
 
-Usage: .venv/bin/python bench/run.py [--seconds 4] [--rounds 3] [--burst 1000] [--transfers 5]"""
+Usage: .venv/bin/python bench/run.py [--seconds 4] [--rounds 3] [--burst 1000] [--transfers 5]
+                                     [--feature-seconds 3] [--feature-rounds 6]"""
 
 from __future__ import annotations
 
@@ -45,6 +46,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="wrk runs of each target, in turn")
     parser.add_argument("--burst", type=int, default=1000, help="cold-start burst size")
     parser.add_argument("--transfers", type=int, default=5, help="runs of each 1 GiB transfer")
+    parser.add_argument(
+        "--feature-seconds", type=int, default=3, help="each wrk run on links and Redis (default 3)"
+    )
+    parser.add_argument(
+        "--feature-rounds",
+        type=int,
+        default=6,
+        help="wrk runs of each, in turn, on links and Redis (default 6: their ratios are of"
+        " differences of a few hundred µs)",
+    )
     return parser.parse_args()
 
 
@@ -197,7 +208,7 @@ def run(args: argparse.Namespace, procs: Processes, root: Path) -> Results:
     results.access_log_lines = access_log_lines(root / "agentsync-proxy.log")
     measure_cold_burst(results, procs, upstream.port, args.burst)
     results.features = features.measure_features(
-        procs, upstream.port, simulator_port, args.seconds, args.rounds
+        procs, upstream.port, simulator_port, args.feature_seconds, args.feature_rounds
     )
     features.measure_fleet_burst(procs, results.features, upstream.port, args.burst)
     results.limits = limits.measure_over_limit(procs, root)
