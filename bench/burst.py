@@ -1,5 +1,5 @@
-"""The cold-start burst: many concurrent requests fired at a proxy that has just opened its
-port and holds no token yet."""
+"""The cold-start burst: many concurrent requests fired at a proxy (or at several replicas at
+once) that has just opened its port and holds no token yet."""
 
 from __future__ import annotations
 
@@ -35,12 +35,14 @@ async def _one(session: aiohttp.ClientSession, url: str, started: float) -> tupl
     return outcome, time.perf_counter() - started
 
 
-async def _fire(url: str, count: int) -> BurstResult:
+async def _fire(urls: list[str], count: int) -> BurstResult:
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         started = time.perf_counter()
-        results = await asyncio.gather(*(_one(session, url, started) for _ in range(count)))
+        results = await asyncio.gather(
+            *(_one(session, url, started) for url in urls for _ in range(count))
+        )
     latencies = sorted(seconds for _, seconds in results)
     cuts = statistics.quantiles(latencies, n=100, method="inclusive")
     return BurstResult(
@@ -53,4 +55,9 @@ async def _fire(url: str, count: int) -> BurstResult:
 
 def fire(url: str, count: int) -> BurstResult:
     """`count` GETs at once, each on its own connection."""
-    return asyncio.run(_fire(url, count))
+    return asyncio.run(_fire([url], count))
+
+
+def fire_many(urls: list[str], count: int) -> BurstResult:
+    """`count` GETs on each URL, all at once, each on its own connection."""
+    return asyncio.run(_fire(urls, count))

@@ -1,13 +1,15 @@
 """The plain aiohttp proxy a user would otherwise write, the benchmark's Python peer: one
 catch-all route, one pooled ClientSession, the body read whole, the upstream's bytes answered in
-one web.Response, a static bearer token, no logging; on asyncio's event loop, or on uvloop's
-(agentsync-proxy's own) when the third argument says so.
+one web.Response, a fixed bearer token (PLAIN_PROXY_TOKEN in its environment, else "static"), no
+logging; on asyncio's event loop, or on uvloop's (agentsync-proxy's own) when the third argument
+says so.
 
-Usage: plain_proxy.py PORT UPSTREAM_URL [asyncio|uvloop]"""
+Usage: PLAIN_PROXY_TOKEN=... plain_proxy.py PORT UPSTREAM_URL [asyncio|uvloop]"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import AsyncIterator
 
@@ -16,12 +18,13 @@ from aiohttp import web
 
 UPSTREAM = web.AppKey("upstream", str)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
+AUTHORIZATION = web.AppKey("authorization", str)
 NOT_FORWARDED = frozenset({"host", "connection", "keep-alive", "content-length", "authorization"})
 
 
 async def forward(request: web.Request) -> web.Response:
     headers = {k: v for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED}
-    headers["Authorization"] = "Bearer static"
+    headers["Authorization"] = request.app[AUTHORIZATION]
     async with request.app[SESSION].request(
         request.method,
         request.app[UPSTREAM] + request.raw_path,
@@ -57,6 +60,7 @@ def main() -> None:
     loop = new_loop(rest[0] if rest else "asyncio")
     app = web.Application()
     app[UPSTREAM] = upstream.rstrip("/")
+    app[AUTHORIZATION] = "Bearer " + os.environ.get("PLAIN_PROXY_TOKEN", "static")
     app.cleanup_ctx.append(session)
     app.router.add_route("*", "/{tail:.*}", forward)
     web.run_app(app, host="127.0.0.1", port=int(port), access_log=None, print=None, loop=loop)

@@ -17,7 +17,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-TOOLS = {"nginx": "nginx", "wrk": "wrk", "curl": "curl"}  # command -> Debian package
+# command -> Debian package
+TOOLS = {"nginx": "nginx", "wrk": "wrk", "curl": "curl", "redis-server": "redis-server"}
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/bin"])
 
 
@@ -29,7 +30,7 @@ def tool(name: str) -> str:
 
 
 def ensure_tools() -> None:
-    """Install nginx, wrk and curl from Debian's packages when any is missing."""
+    """Install nginx, wrk, curl and redis-server from Debian's packages when any is missing."""
     missing = [
         package for name, package in TOOLS.items() if shutil.which(name, path=SEARCH_PATH) is None
     ]

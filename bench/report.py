@@ -1,22 +1,26 @@
-"""The results of one run and their markdown rendering: one table, agentsync-proxy beside a
-direct connection, nginx and a plain aiohttp proxy on asyncio's and on uvloop's event loop, with
-ratios taken within the run, and the two ratios against the uvloop peer (the same event loop as
-agentsync-proxy) stated on their own."""
+"""The results of one run and their markdown rendering: the targets met or not, then the main
+table (agentsync-proxy beside a direct connection, nginx and a plain aiohttp proxy on asyncio's
+and on uvloop's event loop, with ratios taken within the run), the API's rate limit through each
+proxy, and what rewriting links and a fleet's Redis cost."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import report_features
+import report_limits
+import targets
 from burst import BurstResult
+from cells import DASH, added, latency, mebibytes, ratio, row
+from columns import AGENTSYNC, DIRECT, NGINX, PLAIN, PLAIN_UVLOOP
+from features import Features
+from limits import LimitRun
 from load import LoadResult
 from transfers import Transfer
 
-DIRECT, NGINX, AGENTSYNC = "direct", "nginx proxy", "agentsync-proxy"
-PLAIN, PLAIN_UVLOOP = "plain aiohttp proxy", "plain aiohttp proxy on uvloop"
 TARGETS = (DIRECT, NGINX, PLAIN, PLAIN_UVLOOP, AGENTSYNC)
 COMPARED = (DIRECT, NGINX, PLAIN, PLAIN_UVLOOP)  # what agentsync-proxy is divided by
 PROXIES = COMPARED[1:]  # the columns with an added latency over direct
-DASH = "-"
 
 
 @dataclass
@@ -33,31 +37,9 @@ class Results:
     burst: BurstResult | None = None
     burst_token_requests: int = 0
     burst_port_open_s: float = 0.0
-
-
-def latency(seconds: float) -> str:
-    if abs(seconds) < 1e-3:
-        return f"{seconds * 1e6:.0f} µs"
-    if abs(seconds) < 1:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds:.2f} s"
-
-
-def added(seconds: float) -> str:
-    return ("+" if seconds >= 0 else "-") + latency(abs(seconds))
-
-
-def ratio(value: float, base: float) -> str:
-    """value / base; a dash where either is not positive (an added latency lost in the noise)."""
-    return f"{value / base:.2f}x" if base > 0 and value >= 0 else DASH
-
-
-def mebibytes(kib: int) -> str:
-    return f"{kib / 1024:.0f} MiB"
-
-
-def _row(label: str, cells: list[str]) -> str:
-    return "| " + " | ".join([label, *cells]) + " |"
+    limits: list[LimitRun] = field(default_factory=list)  # the closed-loop offer, each proxy
+    refusals: LimitRun | None = None  # agentsync-proxy, a backlog beyond its wait
+    features: Features | None = None  # links, Redis, the fleet's cold burst
 
 
 def _p50(run: LoadResult) -> float:
@@ -78,7 +60,7 @@ def _load_rows(results: Results, connections: int) -> list[str]:
         return text + (f" ({run.errors:,} errors)" if run.errors else "")
 
     rows = [
-        _row(
+        row(
             f"requests/s, {per}",
             [rate(runs[t]) for t in TARGETS]
             + [ratio(ours.requests_per_s, runs[t].requests_per_s) for t in COMPARED],
@@ -86,7 +68,7 @@ def _load_rows(results: Results, connections: int) -> list[str]:
     ]
     for name, pick in (("p50", _p50), ("p99", _p99)):
         rows.append(
-            _row(
+            row(
                 f"{name} latency, {per}",
                 [latency(pick(runs[t])) for t in TARGETS]
                 + [ratio(pick(ours), pick(runs[t])) for t in COMPARED],
@@ -95,7 +77,7 @@ def _load_rows(results: Results, connections: int) -> list[str]:
         if connections == 1:
             extra = {t: pick(runs[t]) - pick(runs[DIRECT]) for t in TARGETS}
             rows.append(
-                _row(
+                row(
                     f"{name} added over direct, {per}",
                     [DASH]
                     + [added(extra[t]) for t in TARGETS[1:]]
@@ -111,7 +93,7 @@ def _transfer_rows(results: Results) -> list[str]:
     for kind in ("download", "upload"):
         direct, ours = results.transfers[kind, DIRECT], results.transfers[kind, AGENTSYNC]
         rows.append(
-            _row(
+            row(
                 f"1 GiB {kind}, MiB/s",
                 [
                     f"{direct.mib_per_s:,.0f}",
@@ -135,7 +117,7 @@ def _dashes(columns: tuple[str, ...]) -> list[str]:
 
 def _only_ours(label: str, value: str) -> str:
     """A row with agentsync-proxy's figure alone."""
-    return _row(label, [*_dashes(TARGETS[:-1]), value, *_dashes(COMPARED)])
+    return row(label, [*_dashes(TARGETS[:-1]), value, *_dashes(COMPARED)])
 
 
 def _startup_rows(results: Results) -> list[str]:
@@ -158,40 +140,39 @@ def _startup_rows(results: Results) -> list[str]:
     return [_only_ours(label, value) for label, value in only_ours]
 
 
-def headline(results: Results) -> str:
-    """agentsync-proxy against the plain aiohttp proxy on the same event loop (uvloop): the
-    latency it adds over direct at one connection, and its requests/s at 32."""
-    one = {t: results.load[t, 1] for t in (DIRECT, PLAIN_UVLOOP, AGENTSYNC)}
-    ours, peer = (one[t].p50_s - one[DIRECT].p50_s for t in (AGENTSYNC, PLAIN_UVLOOP))
-    rate = {t: results.load[t, 32].requests_per_s for t in (PLAIN_UVLOOP, AGENTSYNC)}
-    return (
-        f"Against the {PLAIN_UVLOOP} (the same event loop as agentsync-proxy):"
-        f" p50 added over direct at 1 connection {added(ours)} against {added(peer)},"
-        f" {ratio(ours, peer)}; requests/s at 32 connections {rate[AGENTSYNC]:,.0f} against"
-        f" {rate[PLAIN_UVLOOP]:,.0f}, {ratio(rate[AGENTSYNC], rate[PLAIN_UVLOOP])}."
-    )
-
-
 def render(results: Results) -> str:
-    header = _row("", [*TARGETS, *(f"agentsync-proxy ÷ {t}" for t in COMPARED)])
+    header = row("", [*TARGETS, *(f"agentsync-proxy ÷ {t}" for t in COMPARED)])
     rows = [
         header,
-        _row("---", ["--:"] * (len(TARGETS) + len(COMPARED))),
+        row("---", ["--:"] * (len(TARGETS) + len(COMPARED))),
         *_load_rows(results, 1),
         *_load_rows(results, 32),
         *_transfer_rows(results),
         *_startup_rows(results),
     ]
+    assert results.features is not None and results.refusals is not None
     lines = [
         "# agentsync-proxy benchmark",
         "",
         *(f"- {line}" for line in results.machine),
         "",
-        headline(results),
+        "## Targets",
+        "",
+        *targets.render(results),
+        "",
+        "## Steady load, 1 GiB transfers, start-up",
         "",
         *rows,
         "",
         *(f"- {line}" for line in results.settings),
+        "",
+        "## Over the API's rate limit",
+        "",
+        *report_limits.render(results.limits, results.refusals),
+        "",
+        "## Links and Redis",
+        "",
+        *report_features.render(results.features),
         "",
     ]
     return "\n".join(lines)

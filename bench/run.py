@@ -1,8 +1,11 @@
 """`make bench`: agentsync-proxy against a direct connection, nginx and a plain aiohttp proxy (on
-asyncio's event loop and on uvloop's, agentsync-proxy's own), in one run on loopback; prints a
-markdown table and writes it to bench/results.md.
+asyncio's event loop and on uvloop's, agentsync-proxy's own), in one run on loopback: steady load,
+1 GiB transfers, start-up and cold bursts, the API's rate limit through each proxy, and what
+rewriting links and a fleet's Redis cost; prints a markdown report with the targets met or not
+and writes it to bench/results.md.
 
-Usage: .venv/bin/python bench/run.py [--seconds 4] [--rounds 3] [--burst 1000] [--transfers 5]"""
+Usage: .venv/bin/python bench/run.py [--seconds 4] [--rounds 3] [--burst 1000] [--transfers 5]
+                                     [--feature-seconds 3] [--feature-rounds 6]"""
 
 from __future__ import annotations
 
@@ -20,14 +23,17 @@ from importlib import metadata
 from pathlib import Path
 
 import burst
+import features
+import limits
 import load
 import nginx_config
 import processes
 import report
 import servers
 import transfers
+from columns import AGENTSYNC, DIRECT, NGINX, PLAIN, PLAIN_UVLOOP
 from processes import PeakRss, Processes, status_kib
-from report import AGENTSYNC, DIRECT, NGINX, PLAIN, PLAIN_UVLOOP, Results
+from report import Results
 from servers import url
 
 RESULTS_FILE = servers.BENCH_DIR / "results.md"
@@ -40,6 +46,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="wrk runs of each target, in turn")
     parser.add_argument("--burst", type=int, default=1000, help="cold-start burst size")
     parser.add_argument("--transfers", type=int, default=5, help="runs of each 1 GiB transfer")
+    parser.add_argument(
+        "--feature-seconds", type=int, default=3, help="each wrk run on links and Redis (default 3)"
+    )
+    parser.add_argument(
+        "--feature-rounds",
+        type=int,
+        default=6,
+        help="wrk runs of each, in turn, on links and Redis (default 6: their ratios are of"
+        " differences of a few hundred µs)",
+    )
     return parser.parse_args()
 
 
@@ -73,11 +89,13 @@ def settings(args: argparse.Namespace) -> list[str]:
         "Everything runs on the same CPUs over loopback: wrk, both nginx, the proxies. p99 at"
         " 1 connection and the 1 GiB rates move from run to run with the machine's other load"
         " (tens of percent on a shared VM); p50 and requests/s are the steadier figures.",
-        "Upstream: nginx, 1 worker. nginx proxy: 1 worker, `Authorization: Bearer static`,"
+        "Upstream: nginx, 1 worker. nginx proxy: 1 worker, a static `Authorization` header,"
         " keep-alive upstream pool, access log to a file. Plain aiohttp proxy:"
         " bench/plain_proxy.py, no logging, on asyncio's event loop, and again on uvloop's"
         " (agentsync-proxy's own). agentsync-proxy: `agentsync-proxy serve`,"
-        " JSON access log to a file, token from `agentsync-proxy simulator`.",
+        " JSON access log to a file, token from `agentsync-proxy simulator`, every setting at"
+        " its default (links rewritten in JSON answers, the API's rate limit paced by what it"
+        " announces; nginx announces none).",
         "Upload sink: nginx streams the body (`proxy_request_buffering off`) to"
         " bench/upload_sink.py, which reads every byte before it answers 204.",
         "1 GiB transfers with curl, direct and through agentsync-proxy in turn (median of"
@@ -139,13 +157,6 @@ def measure_transfers(
         results.peak_rss_kib[kind] = rss.peak_kib
 
 
-def token_requests(simulator_port: int) -> int:
-    status, body = processes.http_get(simulator_port, "/_simulator/stats")
-    if status != 200:
-        raise RuntimeError(f"the simulator's stats answered {status}")
-    return int(json.loads(body)["token_requests"])
-
-
 def measure_cold_burst(results: Results, procs: Processes, upstream_port: int, count: int) -> None:
     """A fresh simulator and proxy; the burst starts the moment the proxy's port is open."""
     print(f"cold-start burst of {count:,}", flush=True)
@@ -158,7 +169,7 @@ def measure_cold_burst(results: Results, procs: Processes, upstream_port: int, c
         processes.wait_for_port(port, proxy, "the burst's agentsync-proxy")
         results.burst_port_open_s = time.perf_counter() - started
         results.burst = burst.fire(url(port, "/v1/small"), count)
-        results.burst_token_requests = token_requests(simulator_port)
+        results.burst_token_requests = servers.token_requests(simulator_port)
     finally:
         procs.stop(proxy)
 
@@ -192,10 +203,16 @@ def run(args: argparse.Namespace, procs: Processes, root: Path) -> Results:
     }
     measure_load(results, targets, args.seconds, args.rounds)
     measure_transfers(results, upstream, proxy_port, proxy.pid, args.transfers)
-    results.token_requests_steady = token_requests(simulator_port)
+    results.token_requests_steady = servers.token_requests(simulator_port)
     procs.stop(proxy)
     results.access_log_lines = access_log_lines(root / "agentsync-proxy.log")
     measure_cold_burst(results, procs, upstream.port, args.burst)
+    results.features = features.measure_features(
+        procs, upstream.port, simulator_port, args.feature_seconds, args.feature_rounds
+    )
+    features.measure_fleet_burst(procs, results.features, upstream.port, args.burst)
+    results.limits = limits.measure_over_limit(procs, root)
+    results.refusals = limits.measure_refusals(procs)
     return results
 
 
@@ -204,8 +221,10 @@ def main() -> int:
     processes.ensure_tools()
     root = Path(tempfile.mkdtemp(prefix="agentsync-bench-"))
     try:
+        started = time.perf_counter()
         with Processes(root) as procs:
             results = run(args, procs, root)
+        results.machine.append(f"the whole run took {(time.perf_counter() - started) / 60:.1f} min")
     except BaseException:
         processes.show_logs(root)
         raise
