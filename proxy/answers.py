@@ -65,7 +65,10 @@ async def relay(
     head: bytes = b""
     if has_body and rewriter is not None and links.is_json(upstream.content_type):
         if length is None or length <= links.LIMIT:
-            head = await _read_up_to(upstream, links.LIMIT + 1)
+            if length is not None:  # read as a small answer is, in one go
+                head = await _whole_body(upstream)
+            else:
+                head = await _read_up_to(upstream, links.LIMIT + 1)
             if len(head) <= links.LIMIT:
                 origin = f"http://{request.host}"
                 return await _rewritten(upstream, head, headers, exchange, rewriter, origin)
@@ -153,14 +156,19 @@ async def _whole(
 ) -> web.Response:
     """A small answer of known length is read first and sent in one write: headers and body
     leave together, and a body that breaks off becomes a clean 502."""
-    try:
-        body = await upstream.read()
-    except BODY_BROKE_OFF:
-        raise upstream_broke_off() from None
+    body = await _whole_body(upstream)
     if upstream.status == 403:
         exchange.scope_hint(body)
     exchange.bytes_out = len(body)
     return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
+
+
+async def _whole_body(upstream: aiohttp.ClientResponse) -> bytes:
+    """An answer of known length, read whole; one that breaks off is a clean 502."""
+    try:
+        return await upstream.read()
+    except BODY_BROKE_OFF:
+        raise upstream_broke_off() from None
 
 
 def _abort(request: web.Request) -> None:

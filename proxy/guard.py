@@ -4,7 +4,7 @@ it asked for (DNS rebinding) and the web origin behind it (CORS)."""
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -28,6 +28,7 @@ SAFE_FETCH_SITES = frozenset({"none", "same-origin"})
 # Liveness and readiness answer whatever the Host: an orchestrator probes by address. Metrics do
 # not, so that a page reached by DNS rebinding cannot read them.
 PROBES = frozenset({"/-/healthy", "/-/ready"})
+VERDICTS_KEPT = 1024
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,11 @@ class Policy:
     clients: tuple[IPNetwork, ...]
     hosts: frozenset[str]
     origins: frozenset[str]
+    # Verdicts on the addresses and Host values seen: parsing an address on every request was a
+    # visible part of the proxy's latency. Bounded, since clients choose the Host they send.
+    _verdicts: dict[tuple[bool, str | None], bool] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -43,6 +49,21 @@ class Policy:
         return cls(settings.allowed_clients, frozenset(hosts), frozenset(settings.allowed_origins))
 
     def client_allowed(self, address: str | None) -> bool:
+        return self._remembered(True, address)
+
+    def host_allowed(self, host_header: str) -> bool:
+        return self._remembered(False, host_header)
+
+    def _remembered(self, client: bool, text: str | None) -> bool:
+        verdict = self._verdicts.get((client, text))
+        if verdict is None:
+            if len(self._verdicts) >= VERDICTS_KEPT:
+                self._verdicts.clear()
+            verdict = self._client(text) if client else self._host(text or "")
+            self._verdicts[client, text] = verdict
+        return verdict
+
+    def _client(self, address: str | None) -> bool:
         if address is None:
             return True
         try:
@@ -53,7 +74,7 @@ class Policy:
             ip = ip.ipv4_mapped
         return ip.is_loopback or any(ip in network for network in self.clients)
 
-    def host_allowed(self, host_header: str) -> bool:
+    def _host(self, host_header: str) -> bool:
         host = _host_name(host_header)
         return is_loopback_host(host) or host in self.hosts
 
