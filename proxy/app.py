@@ -202,7 +202,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
         )
     finally:
         if body is not None:
-            exchange.bytes_in = body.size
+            exchange.bytes_in = body.received
             await body.close()
         # The access line and the metrics wait for the answer to leave (the handler returns it
         # to aiohttp, which sends it): they are not part of the client's latency. in_flight
@@ -219,5 +219,5 @@ def _length(request: web.Request, body: CapturedBody | None) -> int | None:
     """The Content-Length to send: the body's, once read whole, else the client's (a client that
     sent `Content-Length: 0` gets the same upstream)."""
     if body is not None and body.complete:
-        return body.size
+        return body.received
     return request.content_length if request.headers.get("Content-Length") else None

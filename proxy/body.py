@@ -21,14 +21,15 @@ LARGEST_BYTES_PAYLOAD = 1 << 20  # aiohttp sends larger bytes in one write that 
 
 class CapturedBody:
     """The client's body, read once. `payload()` gives it whole, as often as needed: what was
-    kept so far, then the rest from the client, kept before it is sent. Two payloads may be
+    kept so far, then the rest from the client, kept as it is sent. Two payloads may be
     iterated at once (a replay can start while an abandoned first send still holds one): reads
     from the client take turns, and each payload sends every byte kept, in order."""
 
     def __init__(
         self, stream: StreamReader, *, max_size: int, threshold: int, timeout: float
     ) -> None:
-        self.size = 0  # bytes kept
+        self.size = 0  # bytes kept: in memory, or written to the file
+        self.received = 0  # bytes read from the client
         self.failure: BaseException | None = None  # why reading the client's body failed
         self._stream: StreamReader | None = stream
         self._max_size = max_size
@@ -50,6 +51,7 @@ class CapturedBody:
         async with self._turn:
             while self._stream is not None:
                 await self._read()
+            await self._written()
 
     def payload(self) -> bytes | AsyncIterator[bytes]:
         """The body to send; may be called again for a replay, also before the body's end."""
@@ -59,49 +61,63 @@ class CapturedBody:
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         sent = 0
-        while sent < self.size or self._stream is not None:
+        while True:
             if sent < self.size:
                 chunk = await self._kept(sent)
-                sent += len(chunk)
-                yield chunk
             else:
                 async with self._turn:
-                    if sent == self.size and self._stream is not None:
-                        await self._read()
+                    await self._written()  # the chunk read last is kept now: `size` counts it
+                    if sent < self.size:
+                        continue
+                    if self._stream is None:
+                        return
+                    # Sent as it was read, while a worker thread writes it to the file.
+                    chunk = await self._read()
+            sent += len(chunk)
+            yield chunk
 
     async def _kept(self, offset: int) -> bytes:
         if self._file is None:
             return bytes(self._memory[offset : offset + CHUNK])
-        size = min(CHUNK, self.size - offset)  # the file may hold a chunk still being written
+        size = min(CHUNK, self.size - offset)  # not into a chunk still being written
         return await self._in_thread(os.pread, self._file.fileno(), size, offset)
 
-    async def _read(self) -> None:
-        """The client's next bytes, kept before anyone sees them, so that none are lost."""
-        assert self._stream is not None
-        try:
-            if self._writing is not None:  # a read cancelled while its chunk was being written
+    async def _written(self) -> None:
+        """Wait for the chunk on its way to the file, if any; a failed write fails here."""
+        if self._writing is not None:
+            try:
                 await asyncio.shield(self._writing)
+            except Exception as exc:  # the disk full: the request cannot be kept for a replay
+                self.failure = exc
+                raise
+
+    async def _read(self) -> bytes:
+        """The client's next bytes (b"" at the end): in memory, or on their way to the file."""
+        assert self._stream is not None
+        await self._written()
+        try:
             async with asyncio.timeout(self._timeout):
                 chunk = await self._stream.read(CHUNK)
-            if self.size + len(chunk) > self._max_size:
+            if self.received + len(chunk) > self._max_size:
                 raise RequestTooLarge(too_large_description(self._max_size))
-            if not chunk:
-                self._stream = None
-            elif self._file is None and self.size + len(chunk) <= self._threshold:
-                self._memory += chunk
-                self.size += len(chunk)
-            else:
-                self._writing = asyncio.ensure_future(self._spool(chunk))
-                await asyncio.shield(self._writing)
         except TimeoutError:
             self.failure = ClientTimeout(
                 f"the client sent no byte of its request body for {self._timeout:g} s"
                 " (--client-timeout); send the body without pauses, or raise the timeout"
             )
             raise self.failure from None
-        except Exception as exc:  # too large, a client gone, or the disk full: told once
+        except Exception as exc:  # too large, or a client gone: told once
             self.failure = exc
             raise
+        self.received += len(chunk)
+        if not chunk:
+            self._stream = None
+        elif self._file is None and self.received <= self._threshold:
+            self._memory += chunk
+            self.size += len(chunk)
+        else:
+            self._writing = asyncio.ensure_future(self._spool(chunk))
+        return chunk
 
     async def _spool(self, chunk: bytes) -> None:
         """Write the chunk to the file (from a worker thread, the loop going on); only then does
@@ -112,7 +128,6 @@ class CapturedBody:
             self._memory = bytearray()
         await self._in_thread(self._file.write, chunk)
         self.size += len(chunk)
-        self._writing = None
 
     def _in_thread(self, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         job = asyncio.get_running_loop().run_in_executor(None, function, *args)
