@@ -17,13 +17,11 @@ DEFAULT_PORTS = {"http": "80", "https": "443"}
 
 _ORIGIN = re.compile(r"(https?)://([^/?#]*)", re.IGNORECASE | re.ASCII)
 _NOT_IN_A_URL = re.compile(r"[\x00-\x20\x7f]")  # a string with these is text, not one URL
-# In valid JSON a closing quote is followed only by `:`, `,`, `}`, `]` or space, so an unescaped
-# `"` before one of these opens a string, and only such a string may be a link.
-_URL_OPENING = re.compile(rb'"[hH\\]')
-# How a link's string begins (lowered) when no `\u` escape spells its letters: each `/` as it is
-# or as `\/`.
-_URL_HEAD = re.compile(rb'"https?:(?:\\?/){2}')
-_HEAD_LENGTH = len(b'"https:\\/\\/')
+_UNICODE_ESCAPE = re.compile(rb"\\u")  # searched faster than with `in`
+# In valid JSON a closing quote is followed only by `:`, `,`, `}`, `]` or space, so a `"` before
+# one of these opens a string (escaped if a backslash comes before it), and only such a string
+# may be a link.
+_URL_OPENING = re.compile(rb'"(?<!\\")[hH\\]')
 # From a string's content: all of it, if the string is a value (not an object's key).
 _STRING_VALUE = re.compile(rb'([^"\\]*+(?:\\.[^"\\]*+)*+)"(?![ \t\n\r]*+:)', re.DOTALL)
 # In a Link header: a quoted parameter value (skipped whole), or a <URI-Reference>.
@@ -76,11 +74,13 @@ class LinkRewriter:
 
     bases: tuple[Base, ...]
     # From `bases`, once: the hosts to look for, those with letters (looked for in lower case
-    # too), whether each is always written as it is (short of a \u escape), and the patterns of
-    # links written without escapes (see _link_patterns).
+    # too), whether each is always written as it is (short of a \u escape), how the strings that
+    # begin with one open (lowered; each `/` may be written `\/`), and the patterns of links
+    # written (almost) without escapes (see _link_patterns).
     _hosts: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
     _cased_hosts: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
     _hosts_as_they_are: bool = field(init=False, repr=False, compare=False)
+    _url_heads: re.Pattern[bytes] = field(init=False, repr=False, compare=False)
     _plain_link: re.Pattern[bytes] = field(init=False, repr=False, compare=False)
     _plain_links: re.Pattern[bytes] = field(init=False, repr=False, compare=False)
     _cut_scheme: Callable[[bytes], bytes] = field(init=False, repr=False, compare=False)
@@ -92,6 +92,11 @@ class LinkRewriter:
             "_hosts": hosts,
             "_cased_hosts": tuple(host for host in hosts if host != host.upper()),
             "_hosts_as_they_are": not any(b'"' in host or b"\\" in host for host in hosts),
+            "_url_heads": re.compile(
+                rb'"http(?<!\\"http)s?:(?:\\?/){2}(?:'
+                + (b"|".join(re.escape(host) for host in hosts) or b"(?!)")
+                + b")"
+            ),
         }
         derived["_plain_link"], derived["_plain_links"] = _link_patterns(self.bases)
         # What precedes a link's `//` is `"scheme:`; with one scheme, a constant length (cut
@@ -181,7 +186,7 @@ class LinkRewriter:
         # Cheap before anything else: no base's host in the bytes (nor a \u escape that could
         # spell one), no link to rewrite.
         escapes = b"\\" in body
-        spelled = escapes and b"\\u" in body
+        spelled = escapes and _UNICODE_ESCAPE.search(body) is not None
         if not spelled and not self._mentions_a_host(body):
             return body, None
         try:
@@ -193,9 +198,10 @@ class LinkRewriter:
         if not escapes:
             return self._plain_links_rewritten(body, plain_origin), None
         if spelled or not self._hosts_as_they_are:
-            openings = _url_openings(body)
+            heads = _URL_OPENING.finditer(body)  # an escape may spell any of a link's letters
         else:
-            openings = self._url_openings_by_host(body, body.lower())
+            heads = self._url_heads.finditer(body.lower())
+        openings = [head.start() for head in heads]
         return self._strings_rewritten(body, openings, plain_origin), None
 
     def _plain_links_rewritten(self, body: bytes, origin: bytes) -> bytes:
@@ -215,7 +221,9 @@ class LinkRewriter:
         for quote in openings:
             content = quote + 1
             if link := self._plain_link.match(body, content):
-                replaced, end = origin, link.end()
+                # Keep the upstream's escaping of slashes.
+                replaced = origin.replace(b"/", b"\\/") if b"\\" in link[0] else origin
+                end = link.end()
             elif (value := _STRING_VALUE.match(body, content)) and b"\\" in value[1]:
                 replaced, end = self._escaped_literal(value[1], origin), value.end(1)
             else:
@@ -236,23 +244,6 @@ class LinkRewriter:
             return False
         lowered = body.lower()
         return any(host in lowered for host in self._cased_hosts)
-
-    def _url_openings_by_host(self, body: bytes, lowered: bytes) -> list[int]:
-        """Where the strings that begin `http(s)://` and a base's host open, in order: found from
-        each place a host appears, when no `\\u` escape can spell a link's letters."""
-        openings: set[int] = set()  # a set: one host may begin with another
-        for host in self._hosts:
-            at = lowered.find(host)
-            while at >= 0:
-                quote = lowered.rfind(b'"', max(at - _HEAD_LENGTH, 0), at)
-                if (
-                    quote >= 0
-                    and _URL_HEAD.fullmatch(lowered, quote, at)
-                    and not _escaped(body, quote)
-                ):
-                    openings.add(quote)
-                at = lowered.find(host, at + len(host))
-        return sorted(openings)
 
     def _escaped_literal(self, raw: bytes, origin: bytes) -> bytes | None:
         """The content of a string literal written with escapes, with the base replaced by
@@ -295,11 +286,13 @@ def _authority(scheme: str, netloc: str) -> str:
 
 
 def _link_patterns(bases: tuple[Base, ...]) -> tuple[re.Pattern[bytes], re.Pattern[bytes]]:
-    """Links written without escapes, under the bases in their order: a pattern matched at a
-    string's content, and one searched for in a body without escapes (from the `//` on: only
-    the `//` makes a cheap start, the scheme's and host's letters being of any case), each
-    matching up to the end of the part that names a base. The string must be a value, not a
-    key, and hold no space or DEL (other control characters are escaped in valid JSON)."""
+    """Links under the bases (in their order), each pattern matching up to the end of the part
+    that names a base, in a string that is a value, not a key, and holds no space or DEL (other
+    control characters are escaped in valid JSON):
+    - one matched at a string's content, for links with no escapes but `\\/`, `\\"` and `\\\\`
+      (which cannot make a string not a link);
+    - one searched for in a body without escapes, from the `//` on: only the `//` makes a cheap
+      start, the letters of the scheme and the host being of any case."""
     at_content, anywhere = [], []
     for base in bases:
         for authority in _authorities(base):
@@ -308,12 +301,18 @@ def _link_patterns(bases: tuple[Base, ...]) -> tuple[re.Pattern[bytes], re.Patte
                 continue  # not a link with such a prefix, or one only written with escapes
             scheme, name = re.escape(base.scheme.encode()), re.escape(authority.encode())
             path = re.escape(base.path.encode())
-            at_content.append(b"(?i:" + scheme + b"://" + name + b")" + path)
+            slashes = path.replace(b"/", rb"\\?/")
+            at_content.append(b"(?i:" + scheme + rb"):\\?/\\?/(?i:" + name + b")" + slashes)
             anywhere.append(b'(?<=(?i:"' + scheme + b"://))(?i:" + name + b")" + path)
-    value_after = rb'(?=[/?#"])(?=[^ \x7f"\\]*+"(?![ \t\n\r]*+:))'
     return (
-        re.compile(b"(?:" + (b"|".join(at_content) or b"(?!)") + b")" + value_after),
-        re.compile(b"//(?:" + (b"|".join(anywhere) or b"(?!)") + b")" + value_after),
+        re.compile(
+            b"(?:" + (b"|".join(at_content) or b"(?!)") + rb')(?=\\?/|[?#"])'
+            rb'(?=(?:[^ \x7f"\\]++|\\["\\/])*+"(?![ \t\n\r]*+:))'
+        ),
+        re.compile(
+            b"//(?:" + (b"|".join(anywhere) or b"(?!)") + rb')(?=[/?#"])'
+            rb'(?=[^ \x7f"\\]*+"(?![ \t\n\r]*+:))'
+        ),
     )
 
 
@@ -331,19 +330,6 @@ def _authorities(base: Base) -> list[str]:
 def _to_quote(text: bytes) -> bytes:
     """`text` up to its last quote, inclusive."""
     return text[: text.rindex(b'"') + 1]
-
-
-def _url_openings(body: bytes) -> list[int]:
-    """Where the strings that may be links open, in order, found by their first byte."""
-    return [m.start() for m in _URL_OPENING.finditer(body) if not _escaped(body, m.start())]
-
-
-def _escaped(body: bytes, at: int) -> bool:
-    """Whether the byte at `at` follows an odd run of backslashes, which escapes it."""
-    start = at
-    while start and body[start - 1] == 0x5C:
-        start -= 1
-    return (at - start) % 2 == 1
 
 
 def _skip(body: bytes, content_encoding: str | None, reason: str | None) -> Rewritten:

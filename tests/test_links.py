@@ -115,6 +115,13 @@ def test_slashes_escaped_one_at_a_time_are_found() -> None:
     )
 
 
+def test_escaped_quotes_and_backslashes_after_the_base_are_kept() -> None:
+    body = b'["https:\\/\\/api.example.com\\/api\\/x?q=\\"y\\"\\\\", "https://api.example.com/api?\\\\"]'
+    assert rewriter.body(body, PROXY) == (
+        b'["http:\\/\\/127.0.0.1:8080\\/x?q=\\"y\\"\\\\", "http://127.0.0.1:8080?\\\\"]'
+    )
+
+
 def test_a_link_quoted_inside_another_string_is_left_alone() -> None:
     for inside in (
         b'"see \\"https://api.example.com/api/x\\""',
