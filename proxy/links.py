@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from operator import itemgetter
 from urllib.parse import urlsplit
 
 import orjson
@@ -16,17 +17,13 @@ DEFAULT_PORTS = {"http": "80", "https": "443"}
 
 _ORIGIN = re.compile(r"(https?)://([^/?#]*)", re.IGNORECASE | re.ASCII)
 _NOT_IN_A_URL = re.compile(r"[\x00-\x20\x7f]")  # a string with these is text, not one URL
-_STRING = rb'[^"\\]*+(?:\\.[^"\\]*+)*+'  # a string literal's content
-_URL_START = rb"(?i:https?):|\\"  # how a URL begins, or an escape that may spell one
-# From where the last match ended: past everything that is not a string value which may be a URL
-# (other text, other strings, keys), to the next one. Possessive: the scan never backtracks.
-_NEXT_URL_VALUE = re.compile(
-    rb'(?:[^"]++'
-    rb'|"(?!' + _URL_START + rb")" + _STRING + rb'"'
-    rb'|"' + _STRING + rb'"(?=[ \t\n\r]*+:)'
-    rb')*+"((?=' + _URL_START + rb")" + _STRING + rb')"',
-    re.DOTALL,
-)
+_UNICODE_ESCAPE = re.compile(rb"\\u")  # searched faster than with `in`
+# In valid JSON a closing quote is followed only by `:`, `,`, `}`, `]` or space, so a `"` before
+# one of these opens a string (escaped if a backslash comes before it), and only such a string
+# may be a link.
+_URL_OPENING = re.compile(rb'"(?<!\\")[hH\\]')
+# From a string's content: all of it, if the string is a value (not an object's key).
+_STRING_VALUE = re.compile(rb'([^"\\]*+(?:\\.[^"\\]*+)*+)"(?![ \t\n\r]*+:)', re.DOTALL)
 # In a Link header: a quoted parameter value (skipped whole), or a <URI-Reference>.
 _LINK_PART = re.compile(r'"(?:[^"\\]|\\.)*"|<([^>]*)>', re.DOTALL)
 
@@ -76,6 +73,40 @@ class LinkRewriter:
     `https://api.example.com/api` becomes `http://127.0.0.1:8080/v2/x?t=a%2Bb`."""
 
     bases: tuple[Base, ...]
+    # From `bases`, once: the hosts to look for, those with letters (looked for in lower case
+    # too), whether each is always written as it is (short of a \u escape), how the strings that
+    # begin with one open (lowered; each `/` may be written `\/`), and the patterns of links
+    # written (almost) without escapes (see _link_patterns).
+    _hosts: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
+    _cased_hosts: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
+    _hosts_as_they_are: bool = field(init=False, repr=False, compare=False)
+    _url_heads: re.Pattern[bytes] = field(init=False, repr=False, compare=False)
+    _plain_link: re.Pattern[bytes] = field(init=False, repr=False, compare=False)
+    _plain_links: re.Pattern[bytes] = field(init=False, repr=False, compare=False)
+    _cut_scheme: Callable[[bytes], bytes] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # A URL's authority matches only if it is ASCII (see _prefix): other hosts never match.
+        hosts = tuple(dict.fromkeys(b.host for b in self.bases if b.authority.isascii()))
+        derived = {
+            "_hosts": hosts,
+            "_cased_hosts": tuple(host for host in hosts if host != host.upper()),
+            "_hosts_as_they_are": not any(b'"' in host or b"\\" in host for host in hosts),
+            "_url_heads": re.compile(
+                rb'"http(?<!\\"http)s?:(?:\\?/){2}(?:'
+                + (b"|".join(re.escape(host) for host in hosts) or b"(?!)")
+                + b")"
+            ),
+        }
+        derived["_plain_link"], derived["_plain_links"] = _link_patterns(self.bases)
+        # What precedes a link's `//` is `"scheme:`; with one scheme, a constant length (cut
+        # without a search for the quote).
+        schemes = {base.scheme for base in self.bases}
+        derived["_cut_scheme"] = (
+            itemgetter(slice(None, -len(schemes.pop()) - 1)) if len(schemes) == 1 else _to_quote
+        )
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
 
     @classmethod
     def for_upstream(cls, api_base_url: str, link_origins: Sequence[str] = ()) -> LinkRewriter:
@@ -124,27 +155,26 @@ class LinkRewriter:
         the same way (the client asked for that encoding, the header stays as the upstream sent
         it, and compressing JSON costs a few microseconds per KiB). Without a change, the very
         bytes received."""
-        unchanged = Rewritten(body, content_encoding, changed=False)
-        if not body:
-            return unchanged  # a HEAD, 204 or 304 answer says gzip without any gzip bytes
+        if not body:  # a HEAD, 204 or 304 answer says gzip without any gzip bytes
+            return Rewritten(body, content_encoding, changed=False)
         coding = (content_encoding or "").strip().lower()
         plain, wbits = body, 0
         if coding in ("", "identity"):
             pass
         elif coding in ("gzip", "x-gzip", "deflate"):
             if len(body) > LIMIT:
-                return _skip(unchanged, "compressed answer over 16 MiB")
+                return _skip(body, content_encoding, "compressed answer over 16 MiB")
             try:
                 plain, wbits = _decode(body, coding)
             except _TooLarge:
-                return _skip(unchanged, "decoded answer over 16 MiB")
+                return _skip(body, content_encoding, "decoded answer over 16 MiB")
             except zlib.error:
-                return _skip(unchanged, f"{coding} body could not be decoded")
+                return _skip(body, content_encoding, f"{coding} body could not be decoded")
         else:
-            return _skip(unchanged, f"content-encoding {coding!r} is not decoded")
+            return _skip(body, content_encoding, f"content-encoding {coding!r} is not decoded")
         rewritten, skipped = self._json(plain, proxy_origin)
         if rewritten is plain:
-            return _skip(unchanged, skipped)
+            return _skip(body, content_encoding, skipped)
         if wbits:
             rewritten = _encode(rewritten, wbits)
         return Rewritten(rewritten, content_encoding, changed=True)
@@ -155,34 +185,69 @@ class LinkRewriter:
             return body, "answer over 16 MiB"
         # Cheap before anything else: no base's host in the bytes (nor a \u escape that could
         # spell one), no link to rewrite.
-        lowered = body.lower()
-        if b"\\u" not in body and not any(base.host in lowered for base in self.bases):
+        escapes = b"\\" in body
+        spelled = escapes and _UNICODE_ESCAPE.search(body) is not None
+        if not spelled and not self._mentions_a_host(body):
             return body, None
         try:
             orjson.loads(body)
         except orjson.JSONDecodeError:
             return body, "not valid JSON"
-        # Valid JSON: every `"` outside a string opens one, so the scan, which starts outside
-        # any string, sees exactly the document's string literals.
+        # Valid JSON from here on, which the search for strings relies on.
         plain_origin = orjson.dumps(proxy_origin)[1:-1]
-        pieces: list[bytes] = []
-        copied = scanned = 0
-        while (value := _NEXT_URL_VALUE.match(body, scanned)) is not None:
-            scanned = value.end()
-            replaced = self._literal(value[1], plain_origin)
-            if replaced is not None:
-                pieces += (body[copied : value.start(1)], replaced)
-                copied = value.end(1)
-        if not pieces:
-            return body, None
-        pieces.append(body[copied:])
-        return b"".join(pieces), None
+        if not escapes:
+            return self._plain_links_rewritten(body, plain_origin), None
+        if spelled or not self._hosts_as_they_are:
+            heads = _URL_OPENING.finditer(body)  # an escape may spell any of a link's letters
+        else:
+            heads = self._url_heads.finditer(body.lower())
+        openings = [head.start() for head in heads]
+        return self._strings_rewritten(body, openings, plain_origin), None
 
-    def _literal(self, raw: bytes, origin: bytes) -> bytes | None:
-        """A string literal's content with the base replaced by `origin`, or None."""
-        if b"\\" not in raw:
-            length = self._prefix(raw.decode("utf-8"))
-            return None if length is None else origin + raw[length:]
+    def _plain_links_rewritten(self, body: bytes, origin: bytes) -> bytes:
+        """A body without escapes, its links rewritten (the same object if there were none)."""
+        # Each part but the last ends with a link's `"scheme:`, cut back to the quote.
+        *parts, last = self._plain_links.split(body)
+        if not parts:
+            return body
+        return origin.join([*map(self._cut_scheme, parts), last])
+
+    def _strings_rewritten(self, body: bytes, openings: list[int], origin: bytes) -> bytes:
+        """A body with its links rewritten, given where each string that may be one opens
+        (the same object if there were none)."""
+        pieces: list[bytes] = []
+        copied = 0
+        replaced: bytes | None
+        for quote in openings:
+            content = quote + 1
+            if link := self._plain_link.match(body, content):
+                # Keep the upstream's escaping of slashes.
+                replaced = origin.replace(b"/", b"\\/") if b"\\" in link[0] else origin
+                end = link.end()
+            elif (value := _STRING_VALUE.match(body, content)) and b"\\" in value[1]:
+                replaced, end = self._escaped_literal(value[1], origin), value.end(1)
+            else:
+                continue
+            if replaced is not None:
+                pieces += (body[copied:content], replaced)
+                copied = end
+        if not pieces:
+            return body
+        pieces.append(body[copied:])
+        return b"".join(pieces)
+
+    def _mentions_a_host(self, body: bytes) -> bool:
+        """Whether any base's host appears in the body, in any case."""
+        if any(host in body for host in self._hosts):
+            return True
+        if not self._cased_hosts:
+            return False
+        lowered = body.lower()
+        return any(host in lowered for host in self._cased_hosts)
+
+    def _escaped_literal(self, raw: bytes, origin: bytes) -> bytes | None:
+        """The content of a string literal written with escapes, with the base replaced by
+        `origin`, or None if it is not a link under a base."""
         length = self._prefix(orjson.loads(b'"' + raw + b'"'))
         if length is None:
             return None
@@ -220,8 +285,55 @@ def _authority(scheme: str, netloc: str) -> str:
     return authority
 
 
-def _skip(unchanged: Rewritten, reason: str | None) -> Rewritten:
-    return Rewritten(unchanged.body, unchanged.content_encoding, changed=False, skipped=reason)
+def _link_patterns(bases: tuple[Base, ...]) -> tuple[re.Pattern[bytes], re.Pattern[bytes]]:
+    """Links under the bases (in their order), each pattern matching up to the end of the part
+    that names a base, in a string that is a value, not a key, and holds no space or DEL (other
+    control characters are escaped in valid JSON):
+    - one matched at a string's content, for links with no escapes but `\\/`, `\\"` and `\\\\`
+      (which cannot make a string not a link);
+    - one searched for in a body without escapes, from the `//` on: only the `//` makes a cheap
+      start, the letters of the scheme and the host being of any case."""
+    at_content, anywhere = [], []
+    for base in bases:
+        for authority in _authorities(base):
+            prefix = authority + base.path
+            if _NOT_IN_A_URL.search(prefix) or '"' in prefix or "\\" in prefix:
+                continue  # not a link with such a prefix, or one only written with escapes
+            scheme, name = re.escape(base.scheme.encode()), re.escape(authority.encode())
+            path = re.escape(base.path.encode())
+            slashes = path.replace(b"/", rb"\\?/")
+            at_content.append(b"(?i:" + scheme + rb"):\\?/\\?/(?i:" + name + b")" + slashes)
+            anywhere.append(b'(?<=(?i:"' + scheme + b"://))(?i:" + name + b")" + path)
+    return (
+        re.compile(
+            b"(?:" + (b"|".join(at_content) or b"(?!)") + rb')(?=\\?/|[?#"])'
+            rb'(?=(?:[^ \x7f"\\]++|\\["\\/])*+"(?![ \t\n\r]*+:))'
+        ),
+        re.compile(
+            b"//(?:" + (b"|".join(anywhere) or b"(?!)") + rb')(?=[/?#"])'
+            rb'(?=[^ \x7f"\\]*+"(?![ \t\n\r]*+:))'
+        ),
+    )
+
+
+def _authorities(base: Base) -> list[str]:
+    """Every authority (lower case) that names the base's: ASCII, with or without the default
+    port, or with an empty one."""
+    authority = base.authority
+    return [
+        spelling
+        for spelling in (authority, f"{authority}:", f"{authority}:{DEFAULT_PORTS[base.scheme]}")
+        if spelling.isascii() and _authority(base.scheme, spelling) == authority
+    ]
+
+
+def _to_quote(text: bytes) -> bytes:
+    """`text` up to its last quote, inclusive."""
+    return text[: text.rindex(b'"') + 1]
+
+
+def _skip(body: bytes, content_encoding: str | None, reason: str | None) -> Rewritten:
+    return Rewritten(body, content_encoding, changed=False, skipped=reason)
 
 
 def _decode(data: bytes, coding: str) -> tuple[bytes, int]:

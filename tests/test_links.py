@@ -103,6 +103,117 @@ def test_a_body_without_any_base_host_is_returned_as_it_is() -> None:
     assert (result.changed, result.skipped, result.content_encoding) == (False, None, None)
 
 
+def test_a_scheme_spelled_with_escapes_after_its_first_letter_is_still_a_link() -> None:
+    body = b'["h\\u0074tps://api.example.com/api/a", "https\\u003a//links.example.net/b"]'
+    assert rewriter.body(body, PROXY) == b'["http://127.0.0.1:8080/a", "http://127.0.0.1:8080/b"]'
+
+
+def test_slashes_escaped_one_at_a_time_are_found() -> None:
+    body = b'["https:\\//api.example.com/api/a", "https:/\\/api.example.com/api/b"]'
+    assert rewriter.body(body, PROXY) == (
+        b'["http:\\/\\/127.0.0.1:8080/a", "http:\\/\\/127.0.0.1:8080/b"]'
+    )
+
+
+def test_escaped_quotes_and_backslashes_after_the_base_are_kept() -> None:
+    body = b'["https:\\/\\/api.example.com\\/api\\/x?q=\\"y\\"\\\\", "https://api.example.com/api?\\\\"]'
+    assert rewriter.body(body, PROXY) == (
+        b'["http:\\/\\/127.0.0.1:8080\\/x?q=\\"y\\"\\\\", "http://127.0.0.1:8080?\\\\"]'
+    )
+
+
+def test_a_link_quoted_inside_another_string_is_left_alone() -> None:
+    for inside in (
+        b'"see \\"https://api.example.com/api/x\\""',
+        b'"\\"https://api.example.com/api/x"',
+        b'"\\\\\\"https://api.example.com/api/x"',
+    ):
+        body = b'["https://api.example.com/api/y", ' + inside + b"]"
+        assert rewriter.body(body, PROXY) == b'["http://127.0.0.1:8080/y", ' + inside + b"]"
+
+
+def test_a_link_after_an_escaped_backslash_at_the_end_of_a_string_is_found() -> None:
+    body = b'{"a": "\\\\", "b": "https://api.example.com/api/x", "c": "\\\\\\\\"}'
+    assert rewriter.body(body, PROXY) == (
+        b'{"a": "\\\\", "b": "http://127.0.0.1:8080/x", "c": "\\\\\\\\"}'
+    )
+
+
+@pytest.mark.parametrize("text", [b"plain", b"line\\nbreak", b"caf\\u00e9"])
+def test_every_link_is_rewritten_once_when_one_base_host_begins_another(text: bytes) -> None:
+    both = LinkRewriter.for_upstream(
+        "https://api.example.com/api", ["https://api.example.com.cdn.net"]
+    )
+    body = (
+        b'{"t": "' + text + b'", "a": "https://api.example.com/api/x",'
+        b' "b": "https://API.example.com.cdn.net/y", "c": "HTTPS://api.example.com/API/z"}'
+    )
+    assert both.body(body, PROXY) == (
+        b'{"t": "' + text + b'", "a": "http://127.0.0.1:8080/x",'
+        b' "b": "http://127.0.0.1:8080/y", "c": "HTTPS://api.example.com/API/z"}'
+    )
+
+
+@pytest.mark.parametrize("text", [b"plain", b"line\\nbreak", b"caf\\u00e9"])
+def test_links_under_bases_of_both_schemes_are_rewritten(text: bytes) -> None:
+    mixed = LinkRewriter.for_upstream("http://api.example.com:8000/api", [LINK_ORIGIN])
+    body = (
+        b'["' + text + b'", "HTTP://api.example.com:8000/api/a", "https://links.example.net/b",'
+        b' "https://api.example.com:8000/api/c", "http://links.example.net/d"]'
+    )
+    assert mixed.body(body, PROXY) == (
+        b'["' + text + b'", "http://127.0.0.1:8080/a", "http://127.0.0.1:8080/b",'
+        b' "https://api.example.com:8000/api/c", "http://links.example.net/d"]'
+    )
+
+
+@pytest.mark.parametrize("text", [b"plain", b"line\\nbreak", b"caf\\u00e9"])
+def test_a_string_with_a_space_or_del_or_a_control_character_is_not_a_link(text: bytes) -> None:
+    body = (
+        b'["' + text + b'", "https://api.example.com/api/a b", "https://api.example.com/api/a\x7f",'
+        b' "https://api.example.com/api/a\\t", "https://api.example.com/api/a\\u0000",'
+        b' "https://api.example.com:/api/ok"]'
+    )
+    assert rewriter.body(body, PROXY) == body.replace(
+        b"https://api.example.com:/api/ok", b"http://127.0.0.1:8080/ok"
+    )
+
+
+@pytest.mark.parametrize("text", [b"plain", b"line\\nbreak", b"caf\\u00e9"])
+def test_a_link_as_a_key_stays_whatever_space_comes_before_the_colon(text: bytes) -> None:
+    body = (
+        b'{"t": "' + text + b'", "https://api.example.com/api/k"\r\n\t :'
+        b' "https://api.example.com/api/v", "https://api.example.com/api/k2":1}'
+    )
+    assert rewriter.body(body, PROXY) == body.replace(
+        b'"https://api.example.com/api/v"', b'"http://127.0.0.1:8080/v"'
+    )
+
+
+def test_a_base_path_beyond_ascii_is_cut_whole() -> None:
+    cafe = LinkRewriter.for_upstream("https://h.example.com/caf\u00e9")
+    body = '["https://h.example.com/caf\u00e9/x", "https://h.example.com/cafe/y"]'.encode()
+    assert cafe.body(body, PROXY) == (
+        b'["http://127.0.0.1:8080/x", "https://h.example.com/cafe/y"]'
+    )
+
+
+def test_a_base_host_beyond_ascii_matches_nothing_and_leaves_the_other_bases_working() -> None:
+    mixed = LinkRewriter.for_upstream("https://b\u00fccher.example/api", [LINK_ORIGIN])
+    body = '["https://b\u00fccher.example/api/x", "https://links.example.net/y"]'.encode()
+    assert mixed.body(body, PROXY) == (
+        '["https://b\u00fccher.example/api/x", "http://127.0.0.1:8080/y"]'.encode()
+    )
+
+
+def test_a_document_that_is_one_link_is_rewritten() -> None:
+    for body, expected in (
+        (b'"https://api.example.com/api/x"', b'"http://127.0.0.1:8080/x"'),
+        (b' "https:\\/\\/links.example.net" ', b' "http:\\/\\/127.0.0.1:8080" '),
+    ):
+        assert rewriter.body(body, PROXY) == expected
+
+
 # Generated documents: each piece is serialised here, with what the output must hold for it.
 
 Piece = tuple[bytes, bytes]  # (the bytes given, the bytes expected back)
