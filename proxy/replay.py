@@ -57,8 +57,8 @@ R = TypeVar("R", bound=Response)
 async def send_with_replay(
     send: Callable[[Token], Awaitable[R]], tokens: Tokens, pacer: Pacing, record: Record
 ) -> R:
-    """The upstream's answer. Raises RateLimited when the request would wait too long for the
-    rate limit, a TokenError without a token; the client's own 401 or 429 otherwise."""
+    """The upstream's answer, a second 401 or 429 included, as it came. Raises RateLimited
+    when the request would wait too long for the rate limit, a TokenError without a token."""
     ticket = await pacer.hold()
     replayed: set[int] = set()
     token: Token | None = None
