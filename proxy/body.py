@@ -123,9 +123,17 @@ class CapturedBody:
         """Write the chunk to the file (from a worker thread, the loop going on); only then does
         it count as kept."""
         if self._file is None:
-            self._file = tempfile.TemporaryFile(buffering=0)  # noqa: SIM115 - closed by close()
-            await self._in_thread(self._file.write, bytes(self._memory))
-            self._memory = bytearray()
+            file = tempfile.TemporaryFile(buffering=0)  # noqa: SIM115 - closed by close()
+            try:
+                await self._in_thread(file.write, bytes(self._memory))
+            except BaseException:
+                file.close()
+                raise
+            # Only now: until the file holds them, the bytes kept so far are read from memory.
+            self._file, self._memory = file, bytearray()
+            if self._closing and not self._jobs:
+                self._close_file()
+                return
         await self._in_thread(self._file.write, chunk)
         self.size += len(chunk)
 
