@@ -27,7 +27,7 @@ from proxy.metrics import Metrics
 from proxy.pacing import Mode, Pacer
 from proxy.replay import send_with_replay
 from proxy.settings import Settings
-from proxy.tokens import TokenFetcher, TokenSource
+from proxy.tokens import CountedFetcher, TokenFetcher, TokenSource
 
 log = structlog.get_logger("proxy")
 
@@ -55,20 +55,19 @@ def create_app(
     async def resources(app: web.Application) -> AsyncIterator[None]:
         upstream = clients.upstream_session(settings)
         token_session = clients.token_session(settings)
-        fetcher: TokenFetcher = (
+        endpoint = (
             token_fetcher(token_session)
             if token_fetcher is not None
             else clients.token_endpoint(token_session, settings)
         )
-        on_attempt: Callable[[str, float], None] | None = metrics.token_attempt
+        fetcher: TokenFetcher = CountedFetcher(endpoint, metrics.token_attempt)
         fleet = None
         if settings.redis_url is not None:
             # One token for a fleet of replicas; redis and cryptography are loaded only then.
             from proxy.fleet_tokens import join_fleet
             from proxy.keys import FLEET
 
-            fleet, fetcher = await join_fleet(settings, fetcher, on_attempt, metrics.redis)
-            on_attempt = None  # the fleet's fetcher counts the token requests it sends
+            fleet, fetcher = await join_fleet(settings, fetcher, metrics.redis)
             app[FLEET] = fleet
             if pacer.state is not None:  # and one rate budget
                 from proxy.fleet_pacing import RedisPacingState
@@ -80,7 +79,6 @@ def create_app(
             refresh_margin=settings.refresh_margin,
             requests_per_minute=settings.token_requests_per_minute,
             wait_timeout=settings.token_timeout,
-            on_attempt=on_attempt,
             **(token_source_options or {}),  # type: ignore[arg-type]
         )
         app[CLIENT] = upstream

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import structlog
 
 from proxy.credentials import ClientSecret, Secret
-from proxy.errors import TokenRejected, TokenUnavailable
+from proxy.errors import TokenUnavailable
 from proxy.fleet import Fleet
 from proxy.redis_link import RedisUnavailable
 from proxy.settings import Settings
@@ -81,7 +81,6 @@ class FleetTokenFetcher:
         settings: Settings,
         *,
         clock: Callable[[], float] = time.monotonic,
-        on_attempt: Callable[[str, float], None] | None = None,
         poll_interval: float = POLL_INTERVAL,
     ) -> None:
         self.fleet = fleet
@@ -94,7 +93,6 @@ class FleetTokenFetcher:
         self.requests_per_minute = settings.token_requests_per_minute
         self.token_timeout = settings.token_timeout
         self.clock = clock
-        self.on_attempt = on_attempt
         self.poll_interval = poll_interval
         self._own_cap = RequestCap(settings.token_requests_per_minute, clock=clock)
         self._seal: tuple[Secret, TokenSeal] | None = None
@@ -193,7 +191,7 @@ class FleetTokenFetcher:
                 " (token_request_retry, token_unavailable) says why tokens were requested",
                 retry_after=int(wait_ms) / 1000,
             )
-        token = await self._attempt()
+        token = await self.fetcher.fetch()
         ttl_ms = round((token.expires_at - self.clock()) * 1000)
         if ttl_ms > 0:
             entry = seal.seal(token.value, token.lifetime, token.scope)
@@ -214,23 +212,9 @@ class FleetTokenFetcher:
                 f" {self.fleet.replicas_alive()} replicas last seen alive) is used up",
                 retry_after=wait,
             )
-        token = await self._attempt()
+        token = await self.fetcher.fetch()
         log.info("token_requested", for_fleet=False, replicas_alive=self.fleet.replicas_alive())
         return token
-
-    async def _attempt(self) -> Token:
-        started = self.clock()
-        outcome = "unavailable"
-        try:
-            token = await self.fetcher.fetch()
-            outcome = "success"
-            return token
-        except TokenRejected:
-            outcome = "rejected"
-            raise
-        finally:
-            if self.on_attempt is not None:
-                self.on_attempt(outcome, self.clock() - started)
 
     async def _evict_rejected(self, seal: TokenSeal, token_key: str) -> None:
         rejected = self._evict
@@ -281,7 +265,6 @@ class FleetTokenFetcher:
 async def join_fleet(
     settings: Settings,
     fetcher: TokenFetcher,
-    on_attempt: Callable[[str, float], None] | None = None,
     on_redis: Callable[[bool], None] | None = None,
 ) -> tuple[Fleet, FleetTokenFetcher]:
     """Connect to the settings' Redis, announce this replica, and wrap `fetcher` so that the
@@ -292,4 +275,4 @@ async def join_fleet(
     if on_redis is not None:
         fleet.link.add_listener(on_redis)
     await fleet.start()
-    return fleet, FleetTokenFetcher(fleet, fetcher, settings, on_attempt=on_attempt)
+    return fleet, FleetTokenFetcher(fleet, fetcher, settings)

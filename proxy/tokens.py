@@ -40,6 +40,33 @@ class RejectionAware(Protocol):
     def rejected(self, token: Token) -> None: ...
 
 
+class CountedFetcher:
+    """A fetcher whose every token request is told to `on_attempt`: its outcome (success,
+    rejected, unavailable) and how long it took. Wraps the token endpoint itself, so that only
+    requests really sent are counted, whoever asks for them (a process, or a fleet)."""
+
+    def __init__(
+        self,
+        fetcher: TokenFetcher,
+        on_attempt: Callable[[str, float], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.fetcher, self.on_attempt, self.clock = fetcher, on_attempt, clock
+
+    async def fetch(self) -> Token:
+        started = self.clock()
+        outcome = "unavailable"
+        try:
+            token = await self.fetcher.fetch()
+            outcome = "success"
+            return token
+        except TokenRejected:
+            outcome = "rejected"
+            raise
+        finally:
+            self.on_attempt(outcome, self.clock() - started)
+
+
 class CapReached(TokenUnavailable):
     """The proxy's own per-minute cap on token requests is used up."""
 
@@ -92,10 +119,8 @@ class TokenSource:
         rejection_ttl: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        on_attempt: Callable[[str, float], None] | None = None,
     ) -> None:
         self.fetcher = fetcher
-        self.on_attempt = on_attempt
         self.refresh_margin = refresh_margin
         self.wait_timeout = wait_timeout
         self.max_attempts = max_attempts
@@ -239,15 +264,11 @@ class TokenSource:
         raise AssertionError("unreachable: tenacity reraises the last error")
 
     async def _attempt(self) -> Token:
-        started = self.clock()
-        outcome = "unavailable"
         try:
             token = await self.fetcher.fetch()
-            outcome = "success"
             self._unavailable_in_a_row, self._last_request_failed = 0, None
             return token
         except TokenRejected as exc:
-            outcome = "rejected"
             self._last_request_failed = exc.description
             raise
         except Exception as exc:  # unforeseen answers and bugs are retried like a 503 too
@@ -255,9 +276,6 @@ class TokenSource:
             self._unavailable_in_a_row += 1
             self._last_request_failed = error.description
             raise error from None
-        finally:
-            if self.on_attempt is not None:
-                self.on_attempt(outcome, self.clock() - started)
 
     def _cap_reached_description(self) -> str:
         used_up = (
