@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple, Protocol
 
 from proxy.errors import RateLimited
-from proxy.numbers import whole_number
 from proxy.token_endpoint import RETRY_AFTER_CAP, retry_after_seconds
 
 WINDOW = 60.0  # AgentSync counts requests a minute
@@ -31,17 +30,6 @@ COUNT_CAP = 1_000_000  # above any window's budget; longer numbers are read as t
 UNHINTED_PAUSE = 1.0  # for a 429 that names no time at all
 
 Mode = int | Literal["auto", "off"]
-
-
-def pacing_mode(text: str) -> Mode:
-    """`--api-requests-per-minute`: auto, off, or N, a whole number of at least 1."""
-    word = text.strip().lower()
-    if word == "auto" or word == "off":
-        return "auto" if word == "auto" else "off"
-    number = whole_number(word)
-    if number is None or number < 1:
-        raise ValueError(f"{text!r} is not auto, off or a whole number of at least 1")
-    return number
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ from proxy.pacing import (
     MemoryPacingState,
     Mode,
     Pacer,
-    pacing_mode,
     read_budget,
 )
 from proxy.token_endpoint import RETRY_AFTER_CAP
@@ -386,16 +385,3 @@ async def test_malformed_ratelimit_headers_are_ignored(headers: Mapping[str, str
     pacer = pacer_on(clock)
     await answer(pacer, CIMultiDict(headers))
     assert await departures(pacer, clock, 20) == [0.0] * 20
-
-
-@pytest.mark.parametrize(
-    ("text", "mode"), [("auto", "auto"), (" AUTO ", "auto"), ("off", "off"), ("300", 300), ("1", 1)]
-)
-def test_pacing_mode_reads_auto_off_or_requests_a_minute(text: str, mode: Mode) -> None:
-    assert pacing_mode(text) == mode
-
-
-@pytest.mark.parametrize("text", ["", "0", "-5", "1.5", "on", "\u0663", "9" * 30])
-def test_pacing_mode_refuses_anything_else(text: str) -> None:
-    with pytest.raises(ValueError, match="auto, off or a whole number"):
-        pacing_mode(text)

@@ -403,6 +403,23 @@ def test_api_requests_per_minute_is_auto_off_or_a_cap(
     assert (settings.pacing, settings.api_requests_per_minute) == expected
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [(" AUTO ", ("auto", None)), ("300", ("auto", 300)), ("1", ("auto", 1))],
+)
+def test_api_requests_per_minute_reads_any_case_and_spacing(
+    text: str, expected: tuple[str, int | None]
+) -> None:
+    settings = load_settings({"api_requests_per_minute": text}, BASE_ENV)
+    assert (settings.pacing, settings.api_requests_per_minute) == expected
+
+
+@pytest.mark.parametrize("text", ["", "0", "-5", "1.5", "on", "\u0663", "9" * 30])
+def test_api_requests_per_minute_refuses_anything_else(text: str) -> None:
+    [problem] = problems({"api_requests_per_minute": text}, BASE_ENV)
+    assert problem.endswith("is not auto, off or a whole number of at least 1")
+
+
 def test_rate_limit_settings_report_each_bad_value_on_its_own_line() -> None:
     environ = {
         **BASE_ENV,
