@@ -130,12 +130,9 @@ async def _rewritten(
         result = rewriter.answer(body, encoding, proxy_origin)
     if result.skipped is not None:
         log.warning("links_not_rewritten", request_id=exchange.request_id, reason=result.skipped)
-    if result.changed:
+    if result.changed:  # re-encoded as it came: Content-Encoding stays
         exchange.links_rewritten = True
         headers = [_after_rewrite(name, value) for name, value in headers]
-        headers = [(name, value) for name, value in headers if name.lower() != "content-encoding"]
-        if result.content_encoding:
-            headers.append(("Content-Encoding", result.content_encoding))
     if upstream.status == 403:
         exchange.scope_hint(result.body)
     exchange.bytes_out = len(result.body)
