@@ -1,9 +1,9 @@
 """Where agentsync-proxy spends its time under load: py-spy samples it while wrk drives
-`GET /v1/small` (at 32 connections unless told); prints the hottest functions, by own and by
-total time.
+`GET /v1/small` (or `--path`, such as /v1/links; at 32 connections unless told); prints the
+hottest functions, by own and by total time.
 
-Usage: .venv/bin/python bench/profile.py [--seconds 15] [--connections 32] [--top 15] [--gil]
-[--keep FILE]
+Usage: .venv/bin/python bench/profile.py [--seconds 15] [--connections 32] [--path /v1/small]
+[--top 15] [--gil] [--keep FILE]
 (needs py-spy in the venv: `.venv/bin/pip install py-spy`)"""
 
 from __future__ import annotations
@@ -54,7 +54,13 @@ def table(title: str, counts: Counter[str], samples: int, top: int) -> str:
 
 
 def record(
-    seconds: int, connections: int, gil: bool, output: Path, procs: Processes, root: Path
+    seconds: int,
+    connections: int,
+    path: str,
+    gil: bool,
+    output: Path,
+    procs: Processes,
+    root: Path,
 ) -> None:
     upstream = servers.start_upstream(procs, root)
     simulator_port = servers.start_simulator(procs, "simulator")
@@ -64,7 +70,7 @@ def record(
     processes.wait_for_ok(port, "/-/ready", proxy, "agentsync-proxy")
     threads = min(connections, 2)
     load = [tool("wrk"), f"-t{threads}", f"-c{connections}", f"-d{seconds + 4}s"]
-    load.append(url(port, "/v1/small"))
+    load.append(url(port, path))
     wrk = subprocess.Popen(load, stdout=subprocess.DEVNULL)
     try:
         spy = [py_spy(), "record", "--pid", str(proxy.pid), "--duration", str(seconds)]
@@ -79,6 +85,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="py-spy profile of agentsync-proxy under wrk")
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--path", default="/v1/small", help="/v1/small or /v1/links")
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--gil", action="store_true", help="only samples holding the GIL")
     parser.add_argument("--keep", type=Path, help="also keep py-spy's raw output here")
@@ -87,7 +94,8 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="agentsync-profile-"))
     try:
         with Processes(root) as procs:
-            record(args.seconds, args.connections, args.gil, root / "profile.txt", procs, root)
+            output = root / "profile.txt"
+            record(args.seconds, args.connections, args.path, args.gil, output, procs, root)
         collapsed = (root / "profile.txt").read_text()
         if args.keep is not None:
             args.keep.write_text(collapsed)
@@ -96,7 +104,7 @@ def main() -> int:
     own, total, samples = hot_spots(collapsed)
     which = "samples holding the GIL" if args.gil else "samples of busy threads"
     at = f"{args.connections} connection{'s' if args.connections > 1 else ''}"
-    print(f"{samples:,} {which}, agentsync-proxy at {at} on GET /v1/small\n")
+    print(f"{samples:,} {which}, agentsync-proxy at {at} on GET {args.path}\n")
     print(table("own time (the function itself)", own, samples, args.top), end="\n\n")
     print(table("total time (with what it calls)", total, samples, args.top))
     return 0
