@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from urllib.parse import urlsplit
 
-import orjson
+import msgspec
 
 LIMIT = 16 << 20  # bytes, compressed or decoded; larger answers pass unchanged
 DEFAULT_PORTS = {"http": "80", "https": "443"}
@@ -18,6 +18,9 @@ DEFAULT_PORTS = {"http": "80", "https": "443"}
 _ORIGIN = re.compile(r"(https?)://([^/?#]*)", re.IGNORECASE | re.ASCII)
 _NOT_IN_A_URL = re.compile(r"[\x00-\x20\x7f]")  # a string with these is text, not one URL
 _UNICODE_ESCAPE = re.compile(rb"\\u")  # searched faster than with `in`
+# Checks a document's syntax without building it (a quarter of the time of decoding it); the
+# UTF-8 of its strings is checked apart.
+_SYNTAX = msgspec.json.Decoder(msgspec.Raw)
 # In valid JSON a closing quote is followed only by `:`, `,`, `}`, `]` or space, so a `"` before
 # one of these opens a string (escaped if a backslash comes before it), and only such a string
 # may be a link.
@@ -189,12 +192,10 @@ class LinkRewriter:
         spelled = escapes and _UNICODE_ESCAPE.search(body) is not None
         if not spelled and not self._mentions_a_host(body):
             return body, None
-        try:
-            orjson.loads(body)
-        except orjson.JSONDecodeError:
+        if not _valid_json(body):
             return body, "not valid JSON"
         # Valid JSON from here on, which the search for strings relies on.
-        plain_origin = orjson.dumps(proxy_origin)[1:-1]
+        plain_origin = msgspec.json.encode(proxy_origin)[1:-1]
         if not escapes:
             return self._plain_links_rewritten(body, plain_origin), None
         if spelled or not self._hosts_as_they_are:
@@ -248,7 +249,7 @@ class LinkRewriter:
     def _escaped_literal(self, raw: bytes, origin: bytes) -> bytes | None:
         """The content of a string literal written with escapes, with the base replaced by
         `origin`, or None if it is not a link under a base."""
-        length = self._prefix(orjson.loads(b'"' + raw + b'"'))
+        length = self._prefix(msgspec.json.decode(b'"' + raw + b'"', type=str))
         if length is None:
             return None
         # The prefix is ASCII, each of its characters one byte or one escape in `raw`.
@@ -265,6 +266,16 @@ def is_json(content_type: str | None) -> bool:
     media = (content_type or "").split(";", 1)[0].strip().lower()
     kind, _, subtype = media.partition("/")
     return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+def _valid_json(body: bytes) -> bool:
+    try:
+        _SYNTAX.decode(body)
+        if not body.isascii():
+            body.decode()  # UTF-8, strictly: no surrogates, no overlong forms
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return False
+    return True
 
 
 def weak_etag(etag: str) -> str:

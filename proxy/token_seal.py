@@ -8,7 +8,7 @@ import hmac
 import os
 from dataclasses import dataclass, field
 
-import orjson
+import msgspec
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -60,7 +60,7 @@ class TokenSeal:
         return digest.digest()[:FINGERPRINT_SIZE]
 
     def seal(self, token: Secret, lifetime: float, scope: str | None) -> bytes:
-        plain = orjson.dumps({"token": token.reveal(), "lifetime": lifetime, "scope": scope})
+        plain = msgspec.json.encode({"token": token.reveal(), "lifetime": lifetime, "scope": scope})
         nonce = os.urandom(NONCE_SIZE)
         sealed = self._aead.encrypt(nonce, plain, self._associated)
         return VERSION + self.fingerprint(token) + nonce + sealed
@@ -73,8 +73,8 @@ class TokenSeal:
             return None
         nonce, sealed = entry[head : head + NONCE_SIZE], entry[head + NONCE_SIZE :]
         try:
-            payload = orjson.loads(self._aead.decrypt(nonce, sealed, self._associated))
-        except (InvalidTag, orjson.JSONDecodeError):
+            payload = msgspec.json.decode(self._aead.decrypt(nonce, sealed, self._associated))
+        except (InvalidTag, msgspec.DecodeError):
             return None
         if not isinstance(payload, dict):
             return None

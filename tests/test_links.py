@@ -412,6 +412,13 @@ def test_invalid_json_passes_unchanged_with_a_reason() -> None:
         b'{"href": "https://api.example.com/api/x"',
         b"<html>https://api.example.com/api/x</html>",
         b'"https://api.example.com/api/x" "\xff"',
+        b'["https://api.example.com/api/x", "caf\xe9"]',  # Latin-1, not UTF-8
+        b'["https://api.example.com/api/x", "\xed\xa0\x80"]',  # an encoded surrogate
+        b'["https://api.example.com/api/x", "\\ud800"]',  # a lone surrogate escape
+        b'["https://api.example.com/api/x", "\\q"]',
+        b'["https://api.example.com/api/x", "tab\there"]',
+        b'["https://api.example.com/api/x", 01]',
+        b'["https://api.example.com/api/x"] []',
     ):
         result = rewriter.answer(body, None, PROXY)
         assert (result.body, result.changed, result.skipped) == (body, False, "not valid JSON")

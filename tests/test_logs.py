@@ -67,11 +67,11 @@ def test_a_value_json_cannot_hold_natively_is_still_one_json_line(
     capsys: pytest.CaptureFixture[str], restore_logging: None
 ) -> None:
     logs.configure("json", "info")
-    structlog.get_logger("proxy").warning("token_expires_in_invalid", value=10**30, at={1, 2})
+    structlog.get_logger("proxy").warning("token_expires_in_invalid", value=10**30, at=1 + 2j)
     [line] = capsys.readouterr().err.splitlines()
     event = json.loads(line)
     assert (event["event"], event["value"], event["at"]) == (
         "token_expires_in_invalid",
         10**30,
-        "{1, 2}",
+        "(1+2j)",
     )
