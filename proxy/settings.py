@@ -45,10 +45,8 @@ class Listen:
 
 def is_loopback_host(host: str) -> bool:
     host = host.strip("[]").rstrip(".").lower()
-    if host in LOOPBACK_NAMES:
-        return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return host in LOOPBACK_NAMES or ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
 
