@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from proxy.redis_link import RedisLink, RedisUnavailable
+from proxy.redis_link import CONNECT_TIMEOUT, RedisLink, RedisUnavailable
 from proxy.settings import Settings
 
 log = structlog.get_logger("proxy.fleet")
@@ -82,7 +82,7 @@ class Fleet:
         with contextlib.suppress(RedisUnavailable):
             count = await self.link.probe(
                 lambda _: self._announce(keys=[self.key("replicas")], args=[self.replica, ttl_ms]),
-                within=self.link.connect_timeout,
+                within=CONNECT_TIMEOUT,
             )
             self._alive = max(1, int(count))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
 
 from redis.commands.core import AsyncScript
 
@@ -123,13 +122,13 @@ class RedisPacingState:
       fleet down; the heartbeat also brings back what the other replicas announced.
     """
 
-    def __init__(
-        self, fleet: Fleet, per_minute: int | None, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, fleet: Fleet, per_minute: int | None) -> None:
         self.fleet = fleet
-        self.local = MemoryPacingState(clock, per_minute)
-        self._clock = clock
-        self._floor = repr(WINDOW / per_minute if per_minute else 0.0)
+        self._clock = time.monotonic
+        self.local = MemoryPacingState(self._clock, per_minute)
+        # The fleet's state as Redis last told it, on this replica's clock.
+        self.interval = WINDOW / per_minute if per_minute else 0.0
+        self._floor = repr(self.interval)
         self._alive_ms = str(round(fleet.heartbeat * 3 * 1000))
         self._keys = [
             fleet.key("pacing"),
@@ -142,8 +141,6 @@ class RedisPacingState:
         self._give_back = link.script(_PRELUDE + _GIVE_BACK)
         self._settle = link.script(_PRELUDE + _SETTLE)
         self.in_flight = 0  # left on the fleet's state and not settled: what Redis is told
-        # The fleet's state as Redis last told it, on this replica's clock.
-        self.interval = WINDOW / per_minute if per_minute else 0.0
         self._shift = 0.0
         self._offset = 0.0  # Redis's clock minus this replica's
         self.paused_until = -float("inf")

@@ -74,18 +74,9 @@ class FleetTokenFetcher:
     - When Redis fails, the replica requests a token of its own, within its share of the cap
       (the cap divided by the replicas last seen alive)."""
 
-    def __init__(
-        self,
-        fleet: Fleet,
-        fetcher: TokenFetcher,
-        settings: Settings,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        poll_interval: float = POLL_INTERVAL,
-    ) -> None:
+    def __init__(self, fleet: Fleet, fetcher: TokenFetcher, settings: Settings) -> None:
         self.fleet, self.fetcher, self.settings = fleet, fetcher, settings
-        self.clock, self.poll_interval = clock, poll_interval
-        self._own_cap = RequestCap(settings.token_requests_per_minute, clock=clock)
+        self._own_cap = RequestCap(settings.token_requests_per_minute)
         self._seal: tuple[Secret, TokenSeal] | None = None
         self._rejected: Token | None = None  # not to be taken from Redis again
         self._evict: Token | None = None  # to delete from Redis if it is still there
@@ -119,7 +110,7 @@ class FleetTokenFetcher:
         token_key = self.fleet.key("token", seal.key_id)
         lock_key = self.fleet.key("token-lock", seal.key_id)
         lock_ms = round((self.settings.token_timeout + LOCK_SLACK) * 1000)
-        deadline = self.clock() + self.settings.token_timeout
+        deadline = time.monotonic() + self.settings.token_timeout
         link, owner = self.fleet.link, secrets.token_hex(16)
         while True:
             await self._evict_rejected(seal, token_key)
@@ -136,13 +127,13 @@ class FleetTokenFetcher:
                         await link.call(
                             lambda _: self._release_script(keys=[lock_key], args=[owner])
                         )
-            if self.clock() >= deadline:
+            if time.monotonic() >= deadline:
                 raise TokenUnavailable(
                     "no token yet: another replica of the fleet has been requesting one for"
                     " longer than --token-timeout; check AGENTSYNC_TOKEN_URL and the network",
                     retry_after=1.0,
                 )
-            await asyncio.sleep(self.poll_interval)
+            await asyncio.sleep(POLL_INTERVAL)
 
     async def _read(self, seal: TokenSeal, token_key: str) -> Token | None:
         """The shared token, unless it is missing, cannot be opened, was rejected here, or is
@@ -163,7 +154,7 @@ class FleetTokenFetcher:
             return None
         return Token(
             value=sealed.value,
-            expires_at=self.clock() + remaining,
+            expires_at=time.monotonic() + remaining,
             lifetime=sealed.lifetime,
             scope=sealed.scope,
             expires_at_wall=time.time() + remaining,
@@ -186,7 +177,7 @@ class FleetTokenFetcher:
                 retry_after=int(wait_ms) / 1000,
             )
         token = await self.fetcher.fetch()
-        ttl_ms = round((token.expires_at - self.clock()) * 1000)
+        ttl_ms = round((token.expires_at - time.monotonic()) * 1000)
         if ttl_ms > 0:
             entry = seal.seal(token.value, token.lifetime, token.scope)
             # Without Redis the token serves this replica; the fleet shares again once it is back.

@@ -76,16 +76,8 @@ class RedisLink:
     be down; `probe` always tries, and is how Redis is found again. Every failure comes out as
     RedisUnavailable, whatever redis-py, the socket or TLS raised."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        timeout: float = REDIS_TIMEOUT,
-        connect_timeout: float = CONNECT_TIMEOUT,
-    ) -> None:
+    def __init__(self, settings: Settings) -> None:
         assert settings.redis_url is not None
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
         self._state: Literal["unknown", "up", "down"] = "unknown"
         self._down_reason = ""
         self._listeners: list[Callable[[bool], None]] = []
@@ -105,8 +97,8 @@ class RedisLink:
             db=self.address.db,
             username=username,
             password=self._password.reveal() if self._password else None,
-            socket_timeout=timeout,
-            socket_connect_timeout=connect_timeout,  # within each call's own bound
+            socket_timeout=REDIS_TIMEOUT,
+            socket_connect_timeout=CONNECT_TIMEOUT,  # within each call's own bound
             # A failed call is not retried: the caller serves without Redis instead.
             retry=Retry(NoBackoff(), 0),
             ssl=self.address.tls,
@@ -143,7 +135,7 @@ class RedisLink:
         if self._broken is not None:
             self._went_down(self._broken)
             raise RedisUnavailable(self._broken)
-        bound = self.timeout if within is None else within
+        bound = REDIS_TIMEOUT if within is None else within
         try:
             async with asyncio.timeout(bound):
                 result = await operation(self.client)
