@@ -111,15 +111,14 @@ class RedisPacingState:
     """The pacing state of a fleet (a proxy.pacing.PacingState).
 
     - Shared: each reservation is one script on the fleet's state in Redis (the announced
-      budget, the cap for the whole fleet, a pause after any replica's 429, the slots given
-      back); a held request leaves at its slot as last known, pushed back by any pause a
-      later answer from Redis told of; a settle whose answer announced a budget is one script
-      more, and the count of requests in flight goes along with the replica's next call.
-    - Alone: while Redis fails, and while the fleet's pace needs no round trip (nothing
-      announced and no cap, or a budget generous enough), the replica paces on a
-      MemoryPacingState with its share: the cap and each budget divided by the replicas it last
-      saw alive. The budgets it hears go to Redis at its heartbeat, at once if one would slow the
-      fleet down; the heartbeat also brings back what the other replicas announced.
+      budget, the fleet's cap, a pause after any replica's 429, the slots given back); a held
+      request leaves at its slot as last known, pushed back by any pause Redis told of since; a
+      settle that announced a budget is one script more, and the count in flight goes along
+      with the replica's next call.
+    - Alone: while Redis fails, or the fleet's pace needs no round trip (no budget and no cap,
+      or a generous one), the replica paces on a MemoryPacingState with its share (the cap and
+      each budget divided by the replicas it last saw alive). It tells Redis the budgets it
+      hears at its heartbeat (at once if one would slow the fleet), which brings back the rest.
     """
 
     def __init__(self, fleet: Fleet, per_minute: int | None) -> None:

@@ -1,6 +1,5 @@
 """The proxy's connection to Redis: every call bounded (about 100 ms), the password never shown,
-and whether Redis is up. A failure marks Redis down with one warning; until a probe finds it
-back (one info line), calls fail at once instead of waiting on a Redis that is not there."""
+and whether Redis is up: a failure marks it down (one warning) until a probe finds it again."""
 
 from __future__ import annotations
 
@@ -70,11 +69,9 @@ def parse_redis_url(url: Secret) -> tuple[RedisAddress, str | None, Secret | Non
 
 
 class RedisLink:
-    """One Redis client for the process, with its up/down state.
-
-    `call` runs one operation within the time bound, or fails at once while Redis is known to
-    be down; `probe` always tries, and is how Redis is found again. Every failure comes out as
-    RedisUnavailable, whatever redis-py, the socket or TLS raised."""
+    """One Redis client for the process, with its up/down state. `call` runs one operation within
+    the time bound, or fails at once while Redis is known to be down; `probe` always tries, and
+    is how Redis is found again. Every failure is a RedisUnavailable, whatever raised it."""
 
     def __init__(self, settings: Settings) -> None:
         assert settings.redis_url is not None
