@@ -518,9 +518,7 @@ def _complete(values: dict[str, Any], sources: Mapping[str, str], problems: list
             f" {listen} would give each its own: name the port"
         )
     cap: int = values.get("token_requests_per_minute", Settings.token_requests_per_minute)
-    cap_refused = (
-        "token_requests_per_minute" in sources and "token_requests_per_minute" not in values
-    )
+    cap_refused = "token_requests_per_minute" in sources.keys() - values.keys()
     # Each worker holds its own token under cap // workers requests a minute: with more
     # workers than the cap, their shares would add up to more than the cap.
     if workers > cap and not cap_refused:
