@@ -233,9 +233,7 @@ class RedisPacingState:
             self.local.divide(replicas, self.interval * replicas)
             self.local.hold_until(self.paused_until)
         reservation = await self.local.reserve(max_wait)
-        if isinstance(reservation, Refusal):
-            return reservation
-        return LocalReservation(*reservation)
+        return reservation if isinstance(reservation, Refusal) else LocalReservation(*reservation)
 
     async def _call(self, script: AsyncScript, *args: str) -> list[bytes]:
         arguments = [self.fleet.replica, str(self.in_flight), self._floor, self._alive_ms, *args]
