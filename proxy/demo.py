@@ -45,8 +45,7 @@ def _at_least_one(text: str) -> int:
 
 
 def _public_url(text: str) -> str:
-    problem = public_url_problem(text)
-    if problem is not None:
+    if (problem := public_url_problem(text)) is not None:
         raise argparse.ArgumentTypeError(problem)
     return text
 
