@@ -26,6 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeout
 from yarl import URL
 
 from proxy.credentials import Secret
+from proxy.numbers import whole_number
 from proxy.settings import Settings
 
 log = structlog.get_logger("proxy.redis")
@@ -58,11 +59,10 @@ class RedisAddress:
 def parse_redis_url(url: Secret) -> tuple[RedisAddress, str | None, Secret | None]:
     """The address, user name and password of a redis:// or rediss:// URL."""
     parsed = URL(url.reveal())
-    db_text = parsed.path.strip("/") or "0"
     address = RedisAddress(
         host=parsed.host or "localhost",
         port=parsed.port or 6379,
-        db=int(db_text) if db_text.isascii() and db_text.isdigit() else 0,
+        db=whole_number(parsed.path.strip("/")) or 0,
         tls=parsed.scheme == "rediss",
     )
     return address, parsed.user or None, Secret(parsed.password) if parsed.password else None
@@ -126,15 +126,13 @@ class RedisLink:
             raise RedisUnavailable(self._down_reason)
         return await self.probe(operation)
 
-    async def probe(self, operation: Operation[T], *, within: float | None = None) -> T:
-        """Try Redis even if it is known to be down, for up to `within` seconds (by default the
-        bound of every call)."""
+    async def probe(self, operation: Operation[T], *, within: float = REDIS_TIMEOUT) -> T:
+        """Try Redis even if it is known to be down, for up to `within` seconds."""
         if self._broken is not None:
             self._went_down(self._broken)
             raise RedisUnavailable(self._broken)
-        bound = REDIS_TIMEOUT if within is None else within
         try:
-            async with asyncio.timeout(bound):
+            async with asyncio.timeout(within):
                 result = await operation(self.client)
         except (RedisError, OSError, TimeoutError) as exc:
             reason = f"Redis at {self.address}: {self._reason(exc)}"
