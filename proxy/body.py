@@ -1,6 +1,5 @@
-"""A request body kept for a replay as it passes from the client to the upstream: in memory up
-to a threshold, in an unnamed temporary file above it, freed when the request ends. A large body
-is sent upstream while it arrives, not after; it is read from the client once."""
+"""A request body kept for a replay as it passes from the client to the upstream (read once, sent
+while it arrives): in memory up to a threshold, above it in an unnamed temporary file."""
 
 from __future__ import annotations
 

@@ -51,9 +51,7 @@ def settings_parser(command: str) -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"agentsync-proxy {__version__}")
-    for option in OPTIONS:
-        if not option.flag:
-            continue
+    for option in (flagged for flagged in OPTIONS if flagged.flag):
         name, described = option.flag_name, f"{option.help} (env {option.env})"
         if option.switch:  # given without a value, it reads as true
             parser.add_argument(

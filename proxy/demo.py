@@ -6,16 +6,13 @@ import argparse
 import asyncio
 import contextlib
 import math
-import signal
 import sys
 from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
 import structlog
 
-from proxy import __version__, logs
-from proxy.servers import RunningProxy, RunningSimulator, running_proxy, running_simulator
-from proxy.servers import settings_for as proxy_settings_for
+from proxy import __version__, logs, servers
 from proxy.settings import ConfigError, Listen, parse_listen
 from proxy.simulator import SimulatorConfig
 from proxy.simulator.config import DEFAULT_API_REQUESTS_PER_MINUTE, public_url_problem
@@ -48,8 +45,7 @@ def _at_least_one(text: str) -> int:
 
 
 def _public_url(text: str) -> str:
-    problem = public_url_problem(text)
-    if problem is not None:
+    if (problem := public_url_problem(text)) is not None:
         raise argparse.ArgumentTypeError(problem)
     return text
 
@@ -136,32 +132,23 @@ def main(command: str, argv: Sequence[str], environ: Mapping[str, str]) -> int:
 
 
 async def _simulator(config: SimulatorConfig, listen: Listen) -> None:
-    async with running_simulator(config, listen.host, listen.port) as sim:
+    async with servers.running_simulator(config, listen.host, listen.port) as sim:
         structlog.get_logger("proxy.simulator").info("simulator_listening", url=sim.url)
-        await _stopped()
+        await servers.stopped()
 
 
 async def _demo(config: SimulatorConfig, proxy_listen: Listen, simulator_listen: Listen) -> None:
-    async with running_simulator(
+    async with servers.running_simulator(
         config, simulator_listen.host, simulator_listen.port, flag="--simulator-listen"
     ) as sim:
-        settings = proxy_settings_for(sim, listen=proxy_listen, log_format="console")
-        async with running_proxy(settings) as proxy:
+        settings = servers.settings_for(sim, listen=proxy_listen, log_format="console")
+        async with servers.running_proxy(settings) as proxy:
             print(instructions(sim, proxy), flush=True)
-            await _stopped()
+            await servers.stopped()
     print("demo stopped", file=sys.stderr)
 
 
-async def _stopped() -> None:
-    """Return on Ctrl-C or SIGTERM."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-
-
-def instructions(sim: RunningSimulator, proxy: RunningProxy) -> str:
+def instructions(sim: servers.RunningSimulator, proxy: servers.RunningProxy) -> str:
     p, s = proxy.url, sim.url
     product = (
         '{"carrierId": 1, "name": "Demo Term Life 20", "productType": "LIFE", "states": ["TX"]}'

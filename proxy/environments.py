@@ -13,7 +13,6 @@ TABLE_NAME = "environments.toml"
 
 @dataclass(frozen=True)
 class Environment:
-    name: str
     token_url: str
     api_base_url: str | None
 
@@ -25,6 +24,5 @@ def load_environments() -> dict[str, Environment]:
         table = Path(__file__).resolve().parent.parent / "config" / TABLE_NAME
     rows = tomllib.loads(table.read_text(encoding="utf-8"))
     return {
-        name: Environment(name, row["token_url"], row.get("api_base_url"))
-        for name, row in rows.items()
+        name: Environment(row["token_url"], row.get("api_base_url")) for name, row in rows.items()
     }

@@ -113,9 +113,8 @@ def upstream_broke_off() -> ProxyError:
 
 
 def error_response(error: ProxyError, request_id: str | None = None) -> web.Response:
-    headers = {"Cache-Control": "no-store", **error.headers()}
+    headers = {"Cache-Control": "no-store", "Content-Type": "application/json", **error.headers()}
     if request_id:
         headers["X-Request-Id"] = request_id
-    headers["Content-Type"] = "application/json"
     body = json.dumps({"error": error.code, "error_description": error.description})
     return web.Response(status=error.status, body=body.encode(), headers=headers)

@@ -1,6 +1,5 @@
-"""This replica's place in a fleet of proxies sharing one Redis: the keys the fleet shares, the
-heartbeat that announces the replica (and finds Redis again after an outage), and how many
-replicas were alive when Redis last answered."""
+"""This replica's place in a fleet of proxies sharing one Redis: the fleet's keys, the heartbeat
+that announces the replica (and finds Redis again), and how many replicas are alive."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from proxy.redis_link import RedisLink, RedisUnavailable
+from proxy.redis_link import CONNECT_TIMEOUT, RedisLink, RedisUnavailable
 from proxy.settings import Settings
 
 log = structlog.get_logger("proxy.fleet")
@@ -60,9 +59,8 @@ class Fleet:
         return self.link.up
 
     def replicas_alive(self) -> int:
-        """Replicas heard from in the last three heartbeats, this one included; while Redis is
-        down, the number when it last answered. Budgets shared in Redis are divided by it when
-        each replica has to keep to its own share."""
+        """Replicas heard from in the last three heartbeats, this one included (while Redis is
+        down, as it last answered): what a replica's own share of a fleet's budget divides by."""
         return self._alive
 
     def on_heartbeat(self, callback: Callable[[], Awaitable[None]]) -> None:
@@ -70,8 +68,7 @@ class Fleet:
         self._on_heartbeat.append(callback)
 
     async def start(self) -> None:
-        """Announce this replica once (so the first token request already knows the fleet),
-        then keep announcing it in the background."""
+        """Announce this replica at once, for the first token request, and then every heartbeat."""
         await self.announce()
         self._beating = asyncio.get_running_loop().create_task(self._beat())
 
@@ -82,13 +79,12 @@ class Fleet:
         with contextlib.suppress(RedisUnavailable):
             count = await self.link.probe(
                 lambda _: self._announce(keys=[self.key("replicas")], args=[self.replica, ttl_ms]),
-                within=self.link.connect_timeout,
+                within=CONNECT_TIMEOUT,
             )
             self._alive = max(1, int(count))
 
     async def close(self) -> None:
-        """Stop announcing, leave the fleet (so the others stop counting this replica at once)
-        and close the connection."""
+        """Stop announcing, leave the fleet (the others stop counting it at once), disconnect."""
         if self._beating is not None:
             self._beating.cancel()
             with contextlib.suppress(asyncio.CancelledError):

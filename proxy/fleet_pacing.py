@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
 
 from redis.commands.core import AsyncScript
 
@@ -112,24 +111,23 @@ class RedisPacingState:
     """The pacing state of a fleet (a proxy.pacing.PacingState).
 
     - Shared: each reservation is one script on the fleet's state in Redis (the announced
-      budget, the cap for the whole fleet, a pause after any replica's 429, the slots given
-      back); a held request leaves at its slot as last known, pushed back by any pause a
-      later answer from Redis told of; a settle whose answer announced a budget is one script
-      more, and the count of requests in flight goes along with the replica's next call.
-    - Alone: while Redis fails, and while the fleet's pace needs no round trip (nothing
-      announced and no cap, or a budget generous enough), the replica paces on a
-      MemoryPacingState with its share: the cap and each budget divided by the replicas it last
-      saw alive. The budgets it hears go to Redis at its heartbeat, at once if one would slow the
-      fleet down; the heartbeat also brings back what the other replicas announced.
+      budget, the fleet's cap, a pause after any replica's 429, the slots given back); a held
+      request leaves at its slot as last known, pushed back by any pause Redis told of since; a
+      settle that announced a budget is one script more, and the count in flight goes along
+      with the replica's next call.
+    - Alone: while Redis fails, or the fleet's pace needs no round trip (no budget and no cap,
+      or a generous one), the replica paces on a MemoryPacingState with its share (the cap and
+      each budget divided by the replicas it last saw alive). It tells Redis the budgets it
+      hears at its heartbeat (at once if one would slow the fleet), which brings back the rest.
     """
 
-    def __init__(
-        self, fleet: Fleet, per_minute: int | None, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, fleet: Fleet, per_minute: int | None) -> None:
         self.fleet = fleet
-        self.local = MemoryPacingState(clock, per_minute)
-        self._clock = clock
-        self._floor = repr(WINDOW / per_minute if per_minute else 0.0)
+        self._clock = time.monotonic
+        self.local = MemoryPacingState(self._clock, per_minute)
+        # The fleet's state as Redis last told it, on this replica's clock.
+        self.interval = WINDOW / per_minute if per_minute else 0.0
+        self._floor = repr(self.interval)
         self._alive_ms = str(round(fleet.heartbeat * 3 * 1000))
         self._keys = [
             fleet.key("pacing"),
@@ -142,8 +140,6 @@ class RedisPacingState:
         self._give_back = link.script(_PRELUDE + _GIVE_BACK)
         self._settle = link.script(_PRELUDE + _SETTLE)
         self.in_flight = 0  # left on the fleet's state and not settled: what Redis is told
-        # The fleet's state as Redis last told it, on this replica's clock.
-        self.interval = WINDOW / per_minute if per_minute else 0.0
         self._shift = 0.0
         self._offset = 0.0  # Redis's clock minus this replica's
         self.paused_until = -float("inf")
@@ -237,9 +233,7 @@ class RedisPacingState:
             self.local.divide(replicas, self.interval * replicas)
             self.local.hold_until(self.paused_until)
         reservation = await self.local.reserve(max_wait)
-        if isinstance(reservation, Refusal):
-            return reservation
-        return LocalReservation(*reservation)
+        return reservation if isinstance(reservation, Refusal) else LocalReservation(*reservation)
 
     async def _call(self, script: AsyncScript, *args: str) -> list[bytes]:
         arguments = [self.fleet.replica, str(self.in_flight), self._floor, self._alive_ms, *args]

@@ -12,13 +12,13 @@ from collections.abc import Callable
 
 import structlog
 
-from proxy.credentials import ClientSecret, Secret
+from proxy.credentials import Secret
 from proxy.errors import TokenUnavailable
 from proxy.fleet import Fleet
 from proxy.redis_link import RedisUnavailable
 from proxy.settings import Settings
 from proxy.token_endpoint import Token
-from proxy.token_seal import TokenSeal, fingerprint_slice
+from proxy.token_seal import FINGERPRINT_SLICE, TokenSeal
 from proxy.tokens import CapReached, RequestCap, TokenFetcher
 
 log = structlog.get_logger("proxy.fleet")
@@ -74,27 +74,9 @@ class FleetTokenFetcher:
     - When Redis fails, the replica requests a token of its own, within its share of the cap
       (the cap divided by the replicas last seen alive)."""
 
-    def __init__(
-        self,
-        fleet: Fleet,
-        fetcher: TokenFetcher,
-        settings: Settings,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        poll_interval: float = POLL_INTERVAL,
-    ) -> None:
-        self.fleet = fleet
-        self.fetcher = fetcher
-        self.client_secret: ClientSecret = settings.client_secret
-        self.client_id = settings.client_id
-        self.token_url = settings.token_url
-        self.scope = settings.scope
-        self.refresh_margin = settings.refresh_margin
-        self.requests_per_minute = settings.token_requests_per_minute
-        self.token_timeout = settings.token_timeout
-        self.clock = clock
-        self.poll_interval = poll_interval
-        self._own_cap = RequestCap(settings.token_requests_per_minute, clock=clock)
+    def __init__(self, fleet: Fleet, fetcher: TokenFetcher, settings: Settings) -> None:
+        self.fleet, self.fetcher, self.settings = fleet, fetcher, settings
+        self._own_cap = RequestCap(settings.token_requests_per_minute)
         self._seal: tuple[Secret, TokenSeal] | None = None
         self._rejected: Token | None = None  # not to be taken from Redis again
         self._evict: Token | None = None  # to delete from Redis if it is still there
@@ -127,28 +109,31 @@ class FleetTokenFetcher:
     async def _shared(self, seal: TokenSeal) -> Token:
         token_key = self.fleet.key("token", seal.key_id)
         lock_key = self.fleet.key("token-lock", seal.key_id)
-        lock_ms = round((self.token_timeout + LOCK_SLACK) * 1000)
-        deadline = self.clock() + self.token_timeout
+        lock_ms = round((self.settings.token_timeout + LOCK_SLACK) * 1000)
+        deadline = time.monotonic() + self.settings.token_timeout
+        link, owner = self.fleet.link, secrets.token_hex(16)
         while True:
             await self._evict_rejected(seal, token_key)
             token = await self._read(seal, token_key)
             if token is not None:
                 return token
-            owner = secrets.token_hex(16)
-            if await self._lock(lock_key, owner, lock_ms):
+            if await link.call(lambda redis: redis.set(lock_key, owner, nx=True, px=lock_ms)):
                 try:
                     # Another replica may have stored a token between the read and the lock.
                     token = await self._read(seal, token_key)
                     return token if token is not None else await self._request(seal, token_key)
                 finally:
-                    await self._release(lock_key, owner)
-            if self.clock() >= deadline:
+                    with contextlib.suppress(RedisUnavailable):  # else the lock expires by itself
+                        await link.call(
+                            lambda _: self._release_script(keys=[lock_key], args=[owner])
+                        )
+            if time.monotonic() >= deadline:
                 raise TokenUnavailable(
                     "no token yet: another replica of the fleet has been requesting one for"
                     " longer than --token-timeout; check AGENTSYNC_TOKEN_URL and the network",
                     retry_after=1.0,
                 )
-            await asyncio.sleep(self.poll_interval)
+            await asyncio.sleep(POLL_INTERVAL)
 
     async def _read(self, seal: TokenSeal, token_key: str) -> Token | None:
         """The shared token, unless it is missing, cannot be opened, was rejected here, or is
@@ -164,12 +149,12 @@ class FleetTokenFetcher:
         if self._rejected is not None and sealed.value == self._rejected.value:
             return None
         remaining = ttl_ms / 1000
-        renew_within = min(self.refresh_margin, sealed.lifetime / 2)
+        renew_within = min(self.settings.refresh_margin, sealed.lifetime / 2)
         if remaining <= renew_within + min(FRESH_SLACK, sealed.lifetime / 10):
             return None
         return Token(
             value=sealed.value,
-            expires_at=self.clock() + remaining,
+            expires_at=time.monotonic() + remaining,
             lifetime=sealed.lifetime,
             scope=sealed.scope,
             expires_at_wall=time.time() + remaining,
@@ -181,7 +166,7 @@ class FleetTokenFetcher:
         wait_ms = await self.fleet.link.call(
             lambda _: self._slot_script(
                 keys=[self.fleet.key("token-requests")],
-                args=[self.requests_per_minute, WINDOW_MS, member],
+                args=[self.settings.token_requests_per_minute, WINDOW_MS, member],
             )
         )
         if int(wait_ms) > 0:
@@ -192,7 +177,7 @@ class FleetTokenFetcher:
                 retry_after=int(wait_ms) / 1000,
             )
         token = await self.fetcher.fetch()
-        ttl_ms = round((token.expires_at - self.clock()) * 1000)
+        ttl_ms = round((token.expires_at - time.monotonic()) * 1000)
         if ttl_ms > 0:
             entry = seal.seal(token.value, token.lifetime, token.scope)
             # Without Redis the token serves this replica; the fleet shares again once it is back.
@@ -203,52 +188,42 @@ class FleetTokenFetcher:
 
     async def _alone(self) -> Token:
         """Redis is unavailable: a token of this replica's own, within its share of the cap."""
-        self._own_cap.limit = max(1, self.requests_per_minute // self.fleet.replicas_alive())
+        alive = self.fleet.replicas_alive()
+        self._own_cap.limit = max(1, self.settings.token_requests_per_minute // alive)
         wait = self._own_cap.try_acquire()
         if wait:
             raise CapReached(
                 "this replica's share of --token-requests-per-minute while Redis is unavailable"
-                f" ({self._own_cap.limit} a minute: the cap divided by the"
-                f" {self.fleet.replicas_alive()} replicas last seen alive) is used up",
+                f" ({self._own_cap.limit} a minute: the cap divided by the {alive} replicas last"
+                " seen alive) is used up",
                 retry_after=wait,
             )
         token = await self.fetcher.fetch()
-        log.info("token_requested", for_fleet=False, replicas_alive=self.fleet.replicas_alive())
+        log.info("token_requested", for_fleet=False, replicas_alive=alive)
         return token
 
     async def _evict_rejected(self, seal: TokenSeal, token_key: str) -> None:
         rejected = self._evict
         if rejected is None:
             return
-        start, end = fingerprint_slice()
         fingerprint = seal.fingerprint(rejected.value)
         await self.fleet.link.call(
-            lambda _: self._evict_script(keys=[token_key], args=[fingerprint, start, end])
+            lambda _: self._evict_script(keys=[token_key], args=[fingerprint, *FINGERPRINT_SLICE])
         )
         if self._evict is rejected:
             self._evict = None
 
-    async def _lock(self, lock_key: str, owner: str, ttl_ms: int) -> bool:
-        taken = await self.fleet.link.call(
-            lambda redis: redis.set(lock_key, owner, nx=True, px=ttl_ms)
-        )
-        return bool(taken)
-
-    async def _release(self, lock_key: str, owner: str) -> None:
-        with contextlib.suppress(RedisUnavailable):  # else the lock expires by itself
-            await self.fleet.link.call(
-                lambda _: self._release_script(keys=[lock_key], args=[owner])
-            )
-
     def _current_seal(self) -> TokenSeal | None:
         """The seal for the current secret; a secret file is re-read, and a new secret gets a
         new key (and so, new entries)."""
+        settings = self.settings
         try:
-            secret = self.client_secret.read()
+            secret = settings.client_secret.read()
         except (OSError, UnicodeDecodeError):
             return None
         if self._seal is None or self._seal[0] != secret:
-            self._seal = (secret, TokenSeal(secret, self.client_id, self.token_url, self.scope))
+            seal = TokenSeal(secret, settings.client_id, settings.token_url, settings.scope)
+            self._seal = (secret, seal)
         return self._seal[1]
 
     def _report_unreadable(self, entry: bytes) -> None:

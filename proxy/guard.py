@@ -75,15 +75,12 @@ class Policy:
         return ip.is_loopback or any(ip in network for network in self.clients)
 
     def _host(self, host_header: str) -> bool:
-        host = _host_name(host_header)
+        host = host_header.strip().lower()
+        if host.startswith("["):
+            host = host[1 : host.find("]")] if "]" in host else host
+        else:
+            host = host.rpartition(":")[0].rstrip(".") if ":" in host else host.rstrip(".")
         return is_loopback_host(host) or host in self.hosts
-
-
-def _host_name(host_header: str) -> str:
-    host = host_header.strip().lower()
-    if host.startswith("["):
-        return host[1 : host.find("]")] if "]" in host else host
-    return host.rpartition(":")[0].rstrip(".") if ":" in host else host.rstrip(".")
 
 
 def check(policy: Policy, request: web.Request) -> None:
@@ -122,19 +119,15 @@ def check(policy: Policy, request: web.Request) -> None:
         )
 
 
-def _preflight(request: web.Request) -> web.Response:
-    headers = {"Access-Control-Allow-Methods": METHODS, "Access-Control-Max-Age": "600"}
-    if requested := request.headers.get("Access-Control-Request-Headers"):
-        headers["Access-Control-Allow-Headers"] = requested
-    return web.Response(status=204, headers=headers)
-
-
 def _answered_here(request: web.Request, error: ProxyError | None = None) -> web.Response:
     """A refusal, or a CORS preflight's answer: logged and counted like every request, never
     forwarded."""
     exchange = Exchange.of(request)
     if error is None:
-        response = _preflight(request)
+        headers = {"Access-Control-Allow-Methods": METHODS, "Access-Control-Max-Age": "600"}
+        if requested := request.headers.get("Access-Control-Request-Headers"):
+            headers["Access-Control-Allow-Headers"] = requested
+        response = web.Response(status=204, headers=headers)
     else:
         response = error_response(error, exchange.request_id)
         exchange.error = error.code

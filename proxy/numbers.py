@@ -1,6 +1,5 @@
-"""Whole numbers read from text (settings, headers, variables): ASCII digits only, because
-str.isdigit() and int() also take other scripts' digits ('١٢' is 12) and '²' passes isdigit()
-but fails int()."""
+"""Whole numbers read from text (settings, headers, variables): ASCII digits only, as int() also
+reads other scripts' digits ('١٢' is 12), and '²' passes str.isdigit() but fails int()."""
 
 from __future__ import annotations
 

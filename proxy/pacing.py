@@ -1,16 +1,5 @@
-"""When each API request may leave under AgentSync's rate limit, which ones are refused, and how
-an upstream 429 holds everyone: a policy apart from any I/O, with an injectable clock and sleep.
-
-The model (GCRA: every request reserves its departure time). The state keeps the next free slot;
-a request takes max(now, next free slot) and moves it on by the interval: the larger of the
-announced budget's (ratelimit-reset / (ratelimit-remaining - requests in flight)) and the cap's
-(60 / N). A new budget paces the slots reserved after it. A pause (a budget spent, an upstream
-429) pushes every slot not yet reached back by the same amount, so held requests keep their
-order and spacing; slots are kept in "slot time", the clock minus every pause so far, so that a
-pause is one addition. A slot given back by a request that went away goes to the next request
-to reserve. Each PacingState method reads and writes a few numbers at once, so that a store
-shared by a fleet can run each as one atomic script on its own clock.
-"""
+"""When each API request may leave under AgentSync's rate limit, which are refused, and how an
+upstream 429 holds everyone: a policy apart from any I/O, with an injectable clock and sleep."""
 
 from __future__ import annotations
 
@@ -92,7 +81,11 @@ class PacingState(Protocol):
 
 
 class MemoryPacingState:
-    """The pacing state of one process."""
+    """The pacing state of one process. GCRA: a request takes max(now, the next free slot) and
+    moves that on by the interval, the larger of the announced budget's (reset / (remaining - in
+    flight)) and the cap's (60 / N). A pause (a budget spent, a 429) pushes every slot not yet
+    reached back alike, keeping order and spacing: slots are in slot time, the clock minus every
+    pause so far, so a pause is one addition. A slot given back goes to the next reservation."""
 
     def __init__(self, clock: Callable[[], float], per_minute: int | None = None) -> None:
         self._clock = clock
@@ -161,29 +154,23 @@ class MemoryPacingState:
 
 
 class Observer(Protocol):
-    """Told of what the pacer does, for metrics (proxy.metrics.Metrics)."""
+    """Told of what the pacer does, for metrics (proxy.metrics.Metrics); by default, nothing."""
 
-    def held(self, seconds: float) -> None: ...
-
-    def rate_limited(self) -> None: ...
-
-    def upstream_429(self) -> None: ...
-
-    def announced(self, remaining: float) -> None: ...
-
-
-class _Unobserved:
     def held(self, seconds: float) -> None:
-        pass
+        return None
 
     def rate_limited(self) -> None:
-        pass
+        return None
 
     def upstream_429(self) -> None:
-        pass
+        return None
 
     def announced(self, remaining: float) -> None:
-        pass
+        return None
+
+
+class _Unobserved(Observer):
+    pass
 
 
 @dataclass(slots=True)
@@ -210,10 +197,8 @@ class Pacer:
         # For metrics: requests that left after being held, for how long in all; requests
         # refused; upstream 429s; the budget the upstream last announced.
         self.observer: Observer = _Unobserved()
-        self.held = 0
+        self.held = self.refused = self.upstream_429s = 0
         self.held_seconds = 0.0
-        self.refused = 0
-        self.upstream_429s = 0
         self.budget: Budget | None = None
 
     @classmethod

@@ -1,6 +1,5 @@
 """The proxy's connection to Redis: every call bounded (about 100 ms), the password never shown,
-and whether Redis is up. A failure marks Redis down with one warning; until a probe finds it
-back (one info line), calls fail at once instead of waiting on a Redis that is not there."""
+and whether Redis is up: a failure marks it down (one warning) until a probe finds it again."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ import os
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal, TypeVar
 
 import structlog
@@ -28,6 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeout
 from yarl import URL
 
 from proxy.credentials import Secret
+from proxy.numbers import whole_number
 from proxy.settings import Settings
 
 log = structlog.get_logger("proxy.redis")
@@ -57,72 +56,46 @@ class RedisAddress:
         return f"{'rediss' if self.tls else 'redis'}://{host}:{self.port}/{self.db}"
 
 
-@dataclass(frozen=True)
-class RedisLogin:
-    username: str | None
-    password: Secret | None
-
-
-def parse_redis_url(url: Secret, password_file: Path | None) -> tuple[RedisAddress, RedisLogin]:
-    """The address and login of a redis:// or rediss:// URL; a password file wins over the URL's
-    password. Raises RedisUnavailable (without the password) when the file cannot be read."""
+def parse_redis_url(url: Secret) -> tuple[RedisAddress, str | None, Secret | None]:
+    """The address, user name and password of a redis:// or rediss:// URL."""
     parsed = URL(url.reveal())
-    tls = parsed.scheme == "rediss"
-    db_text = parsed.path.strip("/") or "0"
     address = RedisAddress(
         host=parsed.host or "localhost",
         port=parsed.port or 6379,
-        db=int(db_text) if db_text.isascii() and db_text.isdigit() else 0,
-        tls=tls,
+        db=whole_number(parsed.path.strip("/")) or 0,
+        tls=parsed.scheme == "rediss",
     )
-    password = Secret(parsed.password) if parsed.password else None
-    if password_file is not None:
-        try:
-            password = Secret(password_file.read_text(encoding="utf-8").strip())
-        except (OSError, UnicodeDecodeError):
-            raise RedisUnavailable(
-                f"cannot read the Redis password file {password_file}"
-                " (AGENTSYNC_PROXY_REDIS_PASSWORD_FILE)"
-            ) from None
-    return address, RedisLogin(parsed.user or None, password)
+    return address, parsed.user or None, Secret(parsed.password) if parsed.password else None
 
 
 class RedisLink:
-    """One Redis client for the process, with its up/down state.
+    """One Redis client for the process, with its up/down state. `call` runs one operation within
+    the time bound, or fails at once while Redis is known to be down; `probe` always tries, and
+    is how Redis is found again. Every failure is a RedisUnavailable, whatever raised it."""
 
-    `call` runs one operation within the time bound, or fails at once while Redis is known to
-    be down; `probe` always tries, and is how Redis is found again. Every failure comes out as
-    RedisUnavailable, whatever redis-py, the socket or TLS raised."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        timeout: float = REDIS_TIMEOUT,
-        connect_timeout: float = CONNECT_TIMEOUT,
-    ) -> None:
+    def __init__(self, settings: Settings) -> None:
         assert settings.redis_url is not None
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
         self._state: Literal["unknown", "up", "down"] = "unknown"
         self._down_reason = ""
         self._listeners: list[Callable[[bool], None]] = []
-        self._scripts: list[AsyncScript] = []
         self._broken: str | None = None  # a problem no call can get past (the password file)
-        try:
-            self.address, login = parse_redis_url(settings.redis_url, settings.redis_password_file)
-        except RedisUnavailable as exc:
-            self.address, login = parse_redis_url(settings.redis_url, None)
-            self._broken = str(exc)
-        self._password = login.password
+        self.address, username, self._password = parse_redis_url(settings.redis_url)
+        if (password_file := settings.redis_password_file) is not None:  # wins over the URL's
+            try:
+                self._password = Secret(password_file.read_text(encoding="utf-8").strip())
+            except (OSError, UnicodeDecodeError):
+                self._broken = (
+                    f"cannot read the Redis password file {password_file}"
+                    " (AGENTSYNC_PROXY_REDIS_PASSWORD_FILE)"
+                )
         self.client = Redis(
             host=self.address.host,
             port=self.address.port,
             db=self.address.db,
-            username=login.username,
-            password=login.password.reveal() if login.password else None,
-            socket_timeout=timeout,
-            socket_connect_timeout=connect_timeout,  # within each call's own bound
+            username=username,
+            password=self._password.reveal() if self._password else None,
+            socket_timeout=REDIS_TIMEOUT,
+            socket_connect_timeout=CONNECT_TIMEOUT,  # within each call's own bound
             # A failed call is not retried: the caller serves without Redis instead.
             retry=Retry(NoBackoff(), 0),
             ssl=self.address.tls,
@@ -153,15 +126,13 @@ class RedisLink:
             raise RedisUnavailable(self._down_reason)
         return await self.probe(operation)
 
-    async def probe(self, operation: Operation[T], *, within: float | None = None) -> T:
-        """Try Redis even if it is known to be down, for up to `within` seconds (by default the
-        bound of every call)."""
+    async def probe(self, operation: Operation[T], *, within: float = REDIS_TIMEOUT) -> T:
+        """Try Redis even if it is known to be down, for up to `within` seconds."""
         if self._broken is not None:
             self._went_down(self._broken)
             raise RedisUnavailable(self._broken)
-        bound = self.timeout if within is None else within
         try:
-            async with asyncio.timeout(bound):
+            async with asyncio.timeout(within):
                 result = await operation(self.client)
         except (RedisError, OSError, TimeoutError) as exc:
             reason = f"Redis at {self.address}: {self._reason(exc)}"
@@ -205,10 +176,8 @@ class RedisLink:
 
     def _reason(self, error: BaseException) -> str:
         """What went wrong, in words of our own: redis-py's messages are not ours to vouch for."""
-        return self._scrubbed(_describe(error))
-
-    def _scrubbed(self, text: str) -> str:
-        if self._password is not None and self._password.reveal():
+        text = _describe(error)
+        if self._password:
             text = text.replace(self._password.reveal(), "**********")
         return text
 
@@ -216,7 +185,10 @@ class RedisLink:
 def _describe(error: BaseException) -> str:
     chain = list(_causes(error))
     if any(_is_authentication(e) for e in chain):
-        return _AUTHENTICATION
+        return (
+            "authentication failed: check the password (AGENTSYNC_PROXY_REDIS_PASSWORD_FILE, or"
+            " the URL's) and the user name"
+        )
     if any(isinstance(e, NoPermissionError) for e in chain):
         return (
             "its user may not run a command the proxy needs (NOPERM): see the README's ACL for"
@@ -237,12 +209,6 @@ def _describe(error: BaseException) -> str:
     if any(isinstance(e, ResponseError) for e in chain):
         return f"it answered an error ({_code(error)})"
     return f"the call failed ({type(error).__name__})"
-
-
-_AUTHENTICATION = (
-    "authentication failed: check the password (AGENTSYNC_PROXY_REDIS_PASSWORD_FILE, or the"
-    " URL's) and the user name"
-)
 
 
 def _is_authentication(error: BaseException) -> bool:

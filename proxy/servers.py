@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -113,3 +115,12 @@ async def running_proxy(settings: Settings, **app_options: Any) -> AsyncIterator
         yield RunningProxy(f"http://{Listen(settings.listen.host, bound)}", bound, settings, app)
     finally:
         await runner.cleanup()
+
+
+async def stopped() -> None:
+    """Return on Ctrl-C or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()

@@ -18,7 +18,7 @@ from proxy import __version__
 from proxy.app import create_app
 from proxy.keys import SHUTTING_DOWN
 from proxy.numbers import whole_number
-from proxy.servers import start
+from proxy.servers import start, stopped
 from proxy.settings import ConfigError, Settings
 
 log = structlog.get_logger("proxy")
@@ -86,11 +86,7 @@ async def _run(settings: Settings, reuse_port: bool) -> int:
             version=__version__,
             pid=os.getpid(),
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
+        await stopped()
         app[SHUTTING_DOWN].set()  # /-/ready answers 503 from now on
         log.info("stopping", shutdown_timeout=settings.shutdown_timeout)
     finally:

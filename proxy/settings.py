@@ -9,7 +9,8 @@ import re
 import ssl
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, Field, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,10 +45,8 @@ class Listen:
 
 def is_loopback_host(host: str) -> bool:
     host = host.strip("[]").rstrip(".").lower()
-    if host in LOOPBACK_NAMES:
-        return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return host in LOOPBACK_NAMES or ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
 
@@ -93,8 +92,7 @@ def _seconds(value: object, *, allow_zero: bool = False) -> float:
     return number
 
 
-def _seconds_or_zero(value: object) -> float:
-    return _seconds(value, allow_zero=True)
+_seconds_or_zero = partial(_seconds, allow_zero=True)
 
 
 def _count(value: object) -> int:
@@ -117,7 +115,7 @@ def _choice(*choices: str) -> Callable[[object], str]:
     return parse
 
 
-def _bool(value: object) -> bool:
+def _bool(value: object, *, words: str = "true or false") -> bool:
     if isinstance(value, bool):
         return value
     text = _text(value).lower()
@@ -125,14 +123,10 @@ def _bool(value: object) -> bool:
         return True
     if text in {"0", "false", "no", "off", ""}:
         return False
-    raise ValueError(f"{value!r} is not true or false")
+    raise ValueError(f"{value!r} is not {words}")
 
 
-def _on_off(value: object) -> bool:
-    try:
-        return _bool(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is not on or off") from None
+_on_off = partial(_bool, words="on or off")
 
 
 def _list_of(parse: Callable[[str], T]) -> Callable[[object], tuple[T, ...]]:
@@ -308,14 +302,10 @@ class Option:
         return self.parse is _bool
 
 
-def setting(
-    default: Any, parse: Parser, help: str, metavar: str | None = None, *, env: str | None = None
-) -> Any:
+def setting(default: Any, parse: Parser, metavar: str | None = None, env: str = "") -> Any:
     """A field of Settings and the option that sets it: flag --NAME, TOML key NAME and
-    environment variable AGENTSYNC_PROXY_NAME, unless `env` names another."""
-    return field(
-        default=default, metadata={"parse": parse, "help": help, "metavar": metavar, "env": env}
-    )
+    environment variable AGENTSYNC_PROXY_NAME, unless `env` names another; its help is HELP's."""
+    return field(default=default, metadata={"parse": parse, "metavar": metavar, "env": env})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -323,121 +313,104 @@ class Settings:
     """Every setting of the proxy. Each field declared with setting() is an option too: a flag,
     an environment variable and a TOML key (see OPTIONS)."""
 
-    listen: Listen = setting(
-        Listen("127.0.0.1", 8080), parse_listen, "address to listen on", "HOST:PORT"
-    )
-    environment: str = setting(
-        "sandbox", _nonempty, "AgentSync environment", "NAME", env="AGENTSYNC_ENVIRONMENT"
-    )
-    api_base_url: str = setting(
-        MISSING, _api_url, "API base URL", "URL", env="AGENTSYNC_API_BASE_URL"
-    )
-    token_url: str = setting(
-        MISSING, _url, "OAuth 2.0 token endpoint", "URL", env="AGENTSYNC_TOKEN_URL"
-    )
-    client_id: str = setting(MISSING, _nonempty, "OAuth client id", "ID", env="AGENTSYNC_CLIENT_ID")
+    listen: Listen = setting(Listen("127.0.0.1", 8080), parse_listen, "HOST:PORT")
+    environment: str = setting("sandbox", _nonempty, "NAME", "AGENTSYNC_ENVIRONMENT")
+    api_base_url: str = setting(MISSING, _api_url, "URL", "AGENTSYNC_API_BASE_URL")
+    token_url: str = setting(MISSING, _url, "URL", "AGENTSYNC_TOKEN_URL")
+    client_id: str = setting(MISSING, _nonempty, "ID", "AGENTSYNC_CLIENT_ID")
     client_secret: ClientSecret  # from the inputs client_secret or client_secret_file, below
-    scope: str | None = setting(
-        None, _text, "space-separated scopes to request", '"A B"', env="AGENTSYNC_SCOPE"
-    )
+    scope: str | None = setting(None, _text, '"A B"', "AGENTSYNC_SCOPE")
     client_auth: str = setting(
-        "post",
-        _choice("post", "basic"),
-        "client credentials in the token request's form body (post) or as HTTP Basic",
-        "post|basic",
-        env="AGENTSYNC_CLIENT_AUTH",
+        "post", _choice("post", "basic"), "post|basic", "AGENTSYNC_CLIENT_AUTH"
     )
-    log_format: str | None = setting(
-        None, _choice("json", "console"), "console on a terminal, else json", "json|console"
-    )
+    log_format: str | None = setting(None, _choice("json", "console"), "json|console")
     log_level: str = setting(
-        "info", _choice("debug", "info", "warning", "error", "critical"), "log level", "LEVEL"
+        "info", _choice("debug", "info", "warning", "error", "critical"), "LEVEL"
     )
-    log_query: bool = setting(False, _bool, "log query values unmasked")
-    log_probes: bool = setting(False, _bool, "log /-/ probe requests")
-    refresh_margin: float = setting(
-        300.0, _seconds_or_zero, "renew the token this long before it expires", "SECONDS"
-    )
-    token_requests_per_minute: int = setting(20, _count, "cap on token requests per minute", "N")
-    token_timeout: float = setting(30.0, _seconds, "longest a request waits for a token", "SECONDS")
-    default_token_lifetime: float = setting(
-        3600.0,
-        _seconds,
-        "token lifetime assumed when expires_in is missing or malformed",
-        "SECONDS",
-    )
-    connect_timeout: float = setting(10.0, _seconds, "connect timeout", "SECONDS")
-    upstream_timeout: float = setting(
-        60.0, _seconds, "no response or no bytes for this long", "SECONDS"
-    )
-    client_timeout: float = setting(
-        60.0, _seconds, "no byte of a request body from the client for this long", "SECONDS"
-    )
-    max_body_size: int = setting(1 << 30, _count, "largest request body", "BYTES")
-    spool_threshold: int = setting(
-        1 << 20, _count, "request bodies above this size are kept in a temporary file", "BYTES"
-    )
-    allowed_clients: tuple[IPNetwork, ...] = setting(
-        (), _list_of(_network), "client CIDR blocks", "CIDR,..."
-    )
-    allowed_hosts: tuple[str, ...] = setting((), _list_of(str), "Host names accepted", "NAME,...")
-    allowed_origins: tuple[str, ...] = setting(
-        (), _list_of(_origin), "web origins allowed (CORS)", "ORIGIN,..."
-    )
-    ca_bundle: Path | None = setting(None, _ca_bundle, "extra CA bundle", "PATH")
-    shutdown_timeout: float = setting(
-        25.0, _seconds, "time in-flight requests get on SIGTERM", "SECONDS"
-    )
-    workers: int = setting(1, _count, "processes sharing the port", "N")
-    max_connections: int = setting(100, _count, "upstream connections open at once", "N")
+    log_query: bool = setting(False, _bool)
+    log_probes: bool = setting(False, _bool)
+    refresh_margin: float = setting(300.0, _seconds_or_zero, "SECONDS")
+    token_requests_per_minute: int = setting(20, _count, "N")
+    token_timeout: float = setting(30.0, _seconds, "SECONDS")
+    default_token_lifetime: float = setting(3600.0, _seconds, "SECONDS")
+    connect_timeout: float = setting(10.0, _seconds, "SECONDS")
+    upstream_timeout: float = setting(60.0, _seconds, "SECONDS")
+    client_timeout: float = setting(60.0, _seconds, "SECONDS")
+    max_body_size: int = setting(1 << 30, _count, "BYTES")
+    spool_threshold: int = setting(1 << 20, _count, "BYTES")
+    allowed_clients: tuple[IPNetwork, ...] = setting((), _list_of(_network), "CIDR,...")
+    allowed_hosts: tuple[str, ...] = setting((), _list_of(str), "NAME,...")
+    allowed_origins: tuple[str, ...] = setting((), _list_of(_origin), "ORIGIN,...")
+    ca_bundle: Path | None = setting(None, _ca_bundle, "PATH")
+    shutdown_timeout: float = setting(25.0, _seconds, "SECONDS")
+    workers: int = setting(1, _count, "N")
+    max_connections: int = setting(100, _count, "N")
     # Read with its mode, which _complete keeps in `pacing`.
-    api_requests_per_minute: int | None = setting(
-        None,
-        _pacing,
-        "pace API requests: auto (by the upstream's ratelimit headers), N (auto and a cap of N a"
-        " minute) or off",
-        "auto|N|off",
-    )
+    api_requests_per_minute: int | None = setting(None, _pacing, "auto|N|off")
     pacing: str = "auto"
-    rate_limit_wait: float = setting(
-        30.0, _seconds_or_zero, "longest a request may be held for the rate limit", "SECONDS"
-    )
-    rewrite_links: bool = setting(
-        True, _on_off, "rewrite the API's absolute links in JSON answers to the proxy", "on|off"
-    )
-    link_origins: tuple[str, ...] = setting(
-        (), _list_of(_origin), "more origins whose links come back through the proxy", "URL,..."
-    )
-    redis_url: Secret | None = setting(
-        None, _redis_url, "Redis shared by a fleet of proxies", "URL"
-    )
-    redis_password_file: Path | None = setting(
-        None, _path, "file holding the Redis password", "PATH"
-    )
+    rate_limit_wait: float = setting(30.0, _seconds_or_zero, "SECONDS")
+    rewrite_links: bool = setting(True, _on_off, "on|off")
+    link_origins: tuple[str, ...] = setting((), _list_of(_origin), "URL,...")
+    redis_url: Secret | None = setting(None, _redis_url, "URL")
+    redis_password_file: Path | None = setting(None, _path, "PATH")
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
-def _option(spec: Field[Any]) -> Option:
-    env = spec.metadata["env"] or "AGENTSYNC_PROXY_" + spec.name.upper()
-    return Option(
-        spec.name, env, spec.metadata["parse"], spec.metadata["help"], spec.metadata["metavar"]
-    )
+# What --help says of each option.
+HELP = {
+    "config": "TOML configuration file",
+    "client_secret": "client secret",
+    "client_secret_file": "file holding the client secret, re-read at every token request",
+    "listen": "address to listen on",
+    "environment": "AgentSync environment",
+    "api_base_url": "API base URL",
+    "token_url": "OAuth 2.0 token endpoint",
+    "client_id": "OAuth client id",
+    "scope": "space-separated scopes to request",
+    "client_auth": "client credentials in the token request's form body (post) or as HTTP Basic",
+    "log_format": "console on a terminal, else json",
+    "log_level": "log level",
+    "log_query": "log query values unmasked",
+    "log_probes": "log /-/ probe requests",
+    "refresh_margin": "renew the token this long before it expires",
+    "token_requests_per_minute": "cap on token requests per minute",
+    "token_timeout": "longest a request waits for a token",
+    "default_token_lifetime": "token lifetime assumed when expires_in is missing or malformed",
+    "connect_timeout": "connect timeout",
+    "upstream_timeout": "no response or no bytes for this long",
+    "client_timeout": "no byte of a request body from the client for this long",
+    "max_body_size": "largest request body",
+    "spool_threshold": "request bodies above this size are kept in a temporary file",
+    "allowed_clients": "client CIDR blocks",
+    "allowed_hosts": "Host names accepted",
+    "allowed_origins": "web origins allowed (CORS)",
+    "ca_bundle": "extra CA bundle",
+    "shutdown_timeout": "time in-flight requests get on SIGTERM",
+    "workers": "processes sharing the port",
+    "max_connections": "upstream connections open at once",
+    "api_requests_per_minute": "pace API requests: auto (by the upstream's ratelimit headers),"
+    " N (auto and a cap of N a minute) or off",
+    "rate_limit_wait": "longest a request may be held for the rate limit",
+    "rewrite_links": "rewrite the API's absolute links in JSON answers to the proxy",
+    "link_origins": "more origins whose links come back through the proxy",
+    "redis_url": "Redis shared by a fleet of proxies",
+    "redis_password_file": "file holding the Redis password",
+}
 
 
-# The inputs that are no field: where more settings are read from, and the client secret's two
-# sources, which _complete makes into Settings.client_secret.
-INPUTS = (
-    Option("config", "AGENTSYNC_PROXY_CONFIG", _path, "TOML configuration file", "FILE"),
-    Option("client_secret", "AGENTSYNC_CLIENT_SECRET", _nonempty, "client secret", flag=False),
-    Option(
-        "client_secret_file",
-        "AGENTSYNC_CLIENT_SECRET_FILE",
-        _path,
-        "file holding the client secret, re-read at every token request",
-        "PATH",
-    ),
+def _option(name: str, parse: Parser, metavar: str | None = None, env: str = "") -> Option:
+    env = env or "AGENTSYNC_PROXY_" + name.upper()
+    return Option(name, env, parse, HELP[name], metavar, flag=name != "client_secret")
+
+
+OPTIONS = (
+    # The inputs that are no field: where more settings are read from, and the client secret's
+    # two sources, which _complete makes into Settings.client_secret.
+    _option("config", _path, "FILE"),
+    _option("client_secret", _nonempty, env="AGENTSYNC_CLIENT_SECRET"),
+    _option("client_secret_file", _path, "PATH", "AGENTSYNC_CLIENT_SECRET_FILE"),
+    *(_option(spec.name, **spec.metadata) for spec in fields(Settings) if spec.metadata),
 )
-OPTIONS = (*INPUTS, *(_option(spec) for spec in fields(Settings) if spec.metadata))
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 _TOML_KEYS = {option.name for option in OPTIONS if option.flag and option.name != "config"}
 
@@ -545,9 +518,7 @@ def _complete(values: dict[str, Any], sources: Mapping[str, str], problems: list
             f" {listen} would give each its own: name the port"
         )
     cap: int = values.get("token_requests_per_minute", Settings.token_requests_per_minute)
-    cap_refused = (
-        "token_requests_per_minute" in sources and "token_requests_per_minute" not in values
-    )
+    cap_refused = "token_requests_per_minute" in sources.keys() - values.keys()
     # Each worker holds its own token under cap // workers requests a minute: with more
     # workers than the cap, their shares would add up to more than the cap.
     if workers > cap and not cap_refused:

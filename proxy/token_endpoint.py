@@ -7,7 +7,6 @@ import base64
 import json
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -79,11 +78,10 @@ class TokenEndpoint:
     client_auth: str = "post"
     default_lifetime: float = 3600.0
     timeout: float = 30.0
-    clock: Callable[[], float] = time.monotonic
 
     async def fetch(self) -> Token:
         form, headers = self._request_parts()
-        started = self.clock()
+        started = time.monotonic()
         try:
             async with self.session.post(
                 self.url,

@@ -18,6 +18,7 @@ from proxy.credentials import Secret
 
 VERSION = b"\x01"
 FINGERPRINT_SIZE = 16
+FINGERPRINT_SLICE = (2, 1 + FINGERPRINT_SIZE)  # in an entry, 1-based, inclusive (Lua's string.sub)
 NONCE_SIZE = 12  # 96 bits, AES-GCM's own size; random for every write
 _SALT = b"agentsync-proxy fleet token v1"
 
@@ -91,8 +92,3 @@ class TokenSeal:
 
 def _derive(secret: bytes, info: bytes, length: int) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=_SALT, info=info).derive(secret)
-
-
-def fingerprint_slice() -> tuple[int, int]:
-    """Where the fingerprint sits in an entry, 1-based and inclusive (Lua's string.sub)."""
-    return 2, 1 + FINGERPRINT_SIZE

@@ -41,20 +41,14 @@ class RejectionAware(Protocol):
 
 
 class CountedFetcher:
-    """A fetcher whose every token request is told to `on_attempt`: its outcome (success,
-    rejected, unavailable) and how long it took. Wraps the token endpoint itself, so that only
-    requests really sent are counted, whoever asks for them (a process, or a fleet)."""
+    """Tells `on_attempt` each token request's outcome (success, rejected, unavailable) and
+    duration. It wraps the token endpoint itself: only requests really sent count, whoever asks."""
 
-    def __init__(
-        self,
-        fetcher: TokenFetcher,
-        on_attempt: Callable[[str, float], None],
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.fetcher, self.on_attempt, self.clock = fetcher, on_attempt, clock
+    def __init__(self, fetcher: TokenFetcher, on_attempt: Callable[[str, float], None]) -> None:
+        self.fetcher, self.on_attempt = fetcher, on_attempt
 
     async def fetch(self) -> Token:
-        started = self.clock()
+        started = time.monotonic()
         outcome = "unavailable"
         try:
             token = await self.fetcher.fetch()
@@ -64,7 +58,7 @@ class CountedFetcher:
             outcome = "rejected"
             raise
         finally:
-            self.on_attempt(outcome, self.clock() - started)
+            self.on_attempt(outcome, time.monotonic() - started)
 
 
 class CapReached(TokenUnavailable):
