@@ -260,10 +260,17 @@ def _api_url(value: object) -> str:
 def _redis_url(value: object) -> Secret:
     """redis:// or rediss://; kept as a Secret, since it may hold a password."""
     text = _nonempty(value)
-    if _with_scheme(text, "redis", "rediss") is None:
+    url = _with_scheme(text, "redis", "rediss")
+    if url is None:
         raise ValueError(
             f"{_masked(text)!r} is not a redis:// or rediss:// URL (for example"
             " rediss://redis.internal:6380/0)"
+        )
+    db = url.raw_path.strip("/")
+    if (db and whole_number(db) is None) or url.raw_query_string or text.endswith("?"):
+        raise ValueError(
+            f"{_masked(text)!r}: the path is a database number (redis://host:6379/0) or nothing,"
+            " and there is no query"
         )
     return Secret(text)
 

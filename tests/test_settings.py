@@ -446,6 +446,18 @@ def test_a_redis_url_is_kept_secret_and_checked() -> None:
     assert problem.startswith("--redis-url: 'http://***@redis.internal' is not a redis://")
 
 
+@pytest.mark.parametrize("path", ["/one", "/0/1", "/-1", "/1234567890123456789", "/?db=2"])
+def test_a_redis_url_names_a_database_by_number_or_not_at_all(path: str) -> None:
+    url = f"redis://:hunter2@redis.internal{path}"
+    [problem] = problems({"redis_url": url}, BASE_ENV)
+    assert problem == (
+        f"--redis-url: 'redis://***@redis.internal{path}': the path is a database number"
+        " (redis://host:6379/0) or nothing, and there is no query"
+    )
+    for good in ("redis://redis.internal", "redis://redis.internal/", "redis://h/15"):
+        assert load_settings({"redis_url": good}, BASE_ENV).redis_url is not None
+
+
 @pytest.mark.parametrize("value", ["proxy.internal:3128", "socks5://proxy.internal:1080"])
 async def test_egress_proxy_without_scheme_is_refused_at_start(value: str) -> None:
     result = await run_cli("serve", env={**BASE_ENV, "HTTPS_PROXY": value})
