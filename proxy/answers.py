@@ -130,22 +130,21 @@ async def _rewritten(
         result = rewriter.answer(body, encoding, proxy_origin)
     if result.skipped is not None:
         log.warning("links_not_rewritten", request_id=exchange.request_id, reason=result.skipped)
-    if result.changed:  # re-encoded as it came: Content-Encoding stays
-        exchange.links_rewritten = True
-        headers = [_after_rewrite(name, value) for name, value in headers]
     if upstream.status == 403:
         exchange.scope_hint(result.body)
     exchange.bytes_out = len(result.body)
-    # web.Response sets the Content-Length of the body it is given.
-    headers = [(name, value) for name, value in headers if name.lower() != "content-length"]
+    if result.changed:  # re-encoded as it came: Content-Encoding stays
+        exchange.links_rewritten = True
+    # web.Response sets the Content-Length of the body it is given; a body that is no longer
+    # the upstream's byte for byte has a weak ETag.
+    headers = [
+        (name, links.weak_etag(value) if result.changed and name.lower() == "etag" else value)
+        for name, value in headers
+        if name.lower() != "content-length"
+    ]
     return web.Response(
         status=upstream.status, reason=upstream.reason, headers=headers, body=result.body
     )
-
-
-def _after_rewrite(name: str, value: str) -> tuple[str, str]:
-    """A changed body's ETag is no longer the upstream's byte for byte: a strong one is weak."""
-    return (name, links.weak_etag(value)) if name.lower() == "etag" else (name, value)
 
 
 async def _whole(

@@ -60,7 +60,7 @@ def request_headers(
     decode (an answer in br could not have its links rewritten)."""
     drop = dropped(incoming, _REQUEST_DROPPED)
     headers = [(name, value) for name, value in incoming.items() if name.lower() not in drop]
-    if decodable_only:
+    if decodable_only and "Accept-Encoding" in incoming:
         headers = [
             (name, _decodable(value) if name.lower() == "accept-encoding" else value)
             for name, value in headers

@@ -8,6 +8,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import msgspec
@@ -58,13 +59,11 @@ class Base:
         return (host if colon and port.isdigit() else self.authority).encode("ascii")
 
 
-@dataclass(frozen=True)
-class Rewritten:
-    """An answer's body and the `Content-Encoding` to send it with; `skipped` says why links
-    that may be in it were left alone (a warning for the log), None when there was no obstacle."""
+class Rewritten(NamedTuple):
+    """An answer's body, encoded as it came; `skipped` says why links that may be in it were
+    left alone (a warning for the log), None when there was no obstacle."""
 
     body: bytes
-    content_encoding: str | None
     changed: bool
     skipped: str | None = None
 
@@ -159,28 +158,28 @@ class LinkRewriter:
         it, and compressing JSON costs a few microseconds per KiB). Without a change, the very
         bytes received."""
         if not body:  # a HEAD, 204 or 304 answer says gzip without any gzip bytes
-            return Rewritten(body, content_encoding, changed=False)
+            return Rewritten(body, changed=False)
         coding = (content_encoding or "").strip().lower()
         plain, wbits = body, 0
         if coding in ("", "identity"):
             pass
         elif coding in ("gzip", "x-gzip", "deflate"):
             if len(body) > LIMIT:
-                return _skip(body, content_encoding, "compressed answer over 16 MiB")
+                return _skip(body, "compressed answer over 16 MiB")
             try:
                 plain, wbits = _decode(body, coding)
             except _TooLarge:
-                return _skip(body, content_encoding, "decoded answer over 16 MiB")
+                return _skip(body, "decoded answer over 16 MiB")
             except zlib.error:
-                return _skip(body, content_encoding, f"{coding} body could not be decoded")
+                return _skip(body, f"{coding} body could not be decoded")
         else:
-            return _skip(body, content_encoding, f"content-encoding {coding!r} is not decoded")
+            return _skip(body, f"content-encoding {coding!r} is not decoded")
         rewritten, skipped = self._json(plain, proxy_origin)
         if rewritten is plain:
-            return _skip(body, content_encoding, skipped)
+            return _skip(body, skipped)
         if wbits:
             rewritten = _encode(rewritten, wbits)
-        return Rewritten(rewritten, content_encoding, changed=True)
+        return Rewritten(rewritten, changed=True)
 
     def _json(self, body: bytes, proxy_origin: str) -> tuple[bytes, str | None]:
         """The rewritten body (the same object when nothing changed) and why it was skipped."""
@@ -343,8 +342,8 @@ def _to_quote(text: bytes) -> bytes:
     return text[: text.rindex(b'"') + 1]
 
 
-def _skip(body: bytes, content_encoding: str | None, reason: str | None) -> Rewritten:
-    return Rewritten(body, content_encoding, changed=False, skipped=reason)
+def _skip(body: bytes, reason: str | None) -> Rewritten:
+    return Rewritten(body, changed=False, skipped=reason)
 
 
 def _decode(data: bytes, coding: str) -> tuple[bytes, int]:

@@ -100,7 +100,7 @@ def test_a_body_without_any_base_host_is_returned_as_it_is() -> None:
     body = b'{"href": "https://other.example.org/api/x"}'
     result = rewriter.answer(body, None, PROXY)
     assert result.body is body
-    assert (result.changed, result.skipped, result.content_encoding) == (False, None, None)
+    assert (result.changed, result.skipped) == (False, None)
 
 
 def test_a_scheme_spelled_with_escapes_after_its_first_letter_is_still_a_link() -> None:
@@ -343,7 +343,7 @@ def deflated(data: bytes, wbits: int) -> bytes:
 
 def test_a_gzip_answer_is_rewritten_and_sent_gzip_again() -> None:
     result = rewriter.answer(gzip.compress(BODY), "GZIP", PROXY)
-    assert (result.changed, result.skipped, result.content_encoding) == (True, None, "GZIP")
+    assert (result.changed, result.skipped) == (True, None)
     assert gzip.decompress(result.body) == REWRITTEN
 
 
@@ -356,7 +356,7 @@ def test_a_gzip_answer_of_several_members_is_decoded_whole() -> None:
 @pytest.mark.parametrize("wbits", [zlib.MAX_WBITS, -zlib.MAX_WBITS], ids=["zlib", "raw"])
 def test_a_deflate_answer_is_rewritten_and_sent_in_the_same_wrapping(wbits: int) -> None:
     result = rewriter.answer(deflated(BODY, wbits), "deflate", PROXY)
-    assert (result.changed, result.content_encoding) == (True, "deflate")
+    assert result.changed
     assert zlib.decompress(result.body, wbits) == REWRITTEN
 
 
@@ -364,17 +364,12 @@ def test_a_compressed_answer_without_links_keeps_its_very_bytes() -> None:
     compressed = gzip.compress(b'{"href": "https://other.example.org/x"}')
     result = rewriter.answer(compressed, "gzip", PROXY)
     assert result.body is compressed
-    assert (result.changed, result.skipped, result.content_encoding) == (False, None, "gzip")
+    assert (result.changed, result.skipped) == (False, None)
 
 
 def test_an_empty_compressed_answer_is_left_alone() -> None:
     result = rewriter.answer(b"", "gzip", PROXY)
-    assert (result.body, result.changed, result.skipped, result.content_encoding) == (
-        b"",
-        False,
-        None,
-        "gzip",
-    )
+    assert (result.body, result.changed, result.skipped) == (b"", False, None)
 
 
 def test_a_decompression_bomb_is_decoded_no_further_than_the_limit() -> None:
@@ -388,7 +383,7 @@ def test_a_decompression_bomb_is_decoded_no_further_than_the_limit() -> None:
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert (result.body, result.changed, result.content_encoding) == (bomb, False, "gzip")
+    assert (result.body, result.changed) == (bomb, False)
     assert result.skipped == "decoded answer over 16 MiB"
     assert peak < 3 * LIMIT
 
@@ -427,7 +422,7 @@ def test_invalid_json_passes_unchanged_with_a_reason() -> None:
 @pytest.mark.parametrize("coding", ["br", "zstd", "gzip, gzip", "compress"])
 def test_answers_in_other_encodings_pass_unchanged_with_a_reason(coding: str) -> None:
     result = rewriter.answer(BODY, coding, PROXY)
-    assert (result.body, result.changed, result.content_encoding) == (BODY, False, coding)
+    assert (result.body, result.changed) == (BODY, False)
     assert result.skipped == f"content-encoding {coding!r} is not decoded"
 
 
