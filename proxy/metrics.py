@@ -4,48 +4,49 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 NAMESPACE = "agentsync_proxy"  # the prefix of every metric's name
 KNOWN_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "aborted")
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 HELD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 class Metrics:
+    """A metric of one series is reported by its own method (`rate_limited` is a counter's inc)."""
+
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
 
-        def counter(name: str, documentation: str, *labels: str) -> Counter:
-            return Counter(name, documentation, labels, namespace=NAMESPACE, registry=r)
+        def counter(name: str, text: str, *labels: str) -> Counter:
+            return Counter(name, text, labels, namespace=NAMESPACE, registry=r)
 
-        def histogram(name: str, documentation: str, buckets: Sequence[float]) -> Histogram:
-            return Histogram(name, documentation, buckets=buckets, namespace=NAMESPACE, registry=r)
+        def histogram(name: str, text: str, buckets: Sequence[float] = LATENCY) -> Histogram:
+            return Histogram(name, text, buckets=buckets, namespace=NAMESPACE, registry=r)
 
-        def gauge(name: str, documentation: str) -> Gauge:
-            return Gauge(name, documentation, namespace=NAMESPACE, registry=r)
+        def gauge(name: str, text: str) -> Gauge:
+            return Gauge(name, text, namespace=NAMESPACE, registry=r)
 
         self.in_flight = 0  # requests being handled, kept by the request handler
         gauge("requests_in_flight", "Requests being handled.").set_function(lambda: self.in_flight)
-        self.requests = counter(
+        requests = counter(
             "requests", "Requests answered, by method and status class.", "method", "status_class"
         )
         # Every series from the start, at 0: a rate over a series that appears late loses its
         # first increase.
-        for method, status_class in itertools.product((*KNOWN_METHODS, "OTHER"), STATUS_CLASSES):
-            self.requests.labels(method, status_class)
+        self._requests = {
+            key: requests.labels(*key)
+            for key in itertools.product((*KNOWN_METHODS, "OTHER"), STATUS_CLASSES)
+        }
         self.request_duration = histogram(
-            "request_duration_seconds",
-            "Time from a request's arrival to the end of its answer.",
-            LATENCY_BUCKETS,
+            "request_duration_seconds", "Time from a request's arrival to the end of its answer."
         )
         self.upstream_duration = histogram(
             "upstream_duration_seconds",
             "Time from sending a request upstream to its response headers, replays included.",
-            LATENCY_BUCKETS,
         )
         self.request_body_bytes = counter(
             "request_body_bytes", "Request body bytes read from clients."
@@ -65,12 +66,12 @@ class Metrics:
             "token_requests", "Token requests sent to the token endpoint, by outcome.", "outcome"
         )
         self.token_request_duration = histogram(
-            "token_request_duration_seconds", "Token endpoint latency.", LATENCY_BUCKETS
+            "token_request_duration_seconds", "Token endpoint latency."
         )
-        self.token_expiry = gauge(
+        self.track_token_expiry = gauge(
             "token_expires_in_seconds",
             "Seconds until the current token expires (0 without a valid token).",
-        )
+        ).set_function
         self.rate_limit_held = counter(
             "rate_limit_held",
             "Requests held before being sent upstream, to stay within the API's rate limit.",
@@ -80,31 +81,29 @@ class Metrics:
             "How long requests were held for the API's rate limit.",
             HELD_BUCKETS,
         )
-        self.rate_limited_answers = counter(
+        self.rate_limited = counter(  # the proxy answered 429 rate_limited itself
             "rate_limited",
             "Requests the proxy answered 429 rate_limited without sending them: they would have"
             " been held longer than --rate-limit-wait.",
-        )
-        self.upstream_rate_limited = counter(
+        ).inc
+        self.upstream_429 = counter(
             "upstream_rate_limited", "429 answers from the upstream API."
-        )
-        self.rate_limit_remaining = gauge(
+        ).inc
+        remaining = gauge(
             "rate_limit_remaining",
             "The ratelimit-remaining the upstream last announced (NaN until it announces one).",
         )
-        self.rate_limit_remaining.set(math.nan)
+        remaining.set(math.nan)
+        self.announced = remaining.set  # the upstream announced `ratelimit-remaining: n`
         self.redis_up = gauge(
             "redis_up",
             "1 while the fleet's Redis answers, 0 while it does not (NaN until the first call,"
             " and always without --redis-url).",
         )
         self.redis_up.set(math.nan)
-        self.links = counter(
+        self.links_rewritten = counter(
             "links_rewritten", "Answers whose links were rewritten to lead back through the proxy."
-        )
-
-    def track_token_expiry(self, seconds_left: Callable[[], float]) -> None:
-        self.token_expiry.set_function(seconds_left)
+        ).inc
 
     def token_attempt(self, outcome: str, seconds: float) -> None:
         self.token_requests.labels(outcome).inc()
@@ -115,7 +114,7 @@ class Metrics:
     ) -> None:
         method = method if method in KNOWN_METHODS else "OTHER"
         status_class = f"{status // 100}xx" if 100 <= status < 600 else "aborted"
-        self.requests.labels(method, status_class).inc()
+        self._requests[method, status_class].inc()
         self.request_duration.observe(seconds)
         self.request_body_bytes.inc(bytes_in)
         self.response_body_bytes.inc(bytes_out)
@@ -130,23 +129,9 @@ class Metrics:
         self.rate_limit_held.inc()
         self.rate_limit_held_seconds.observe(seconds)
 
-    def rate_limited(self) -> None:
-        """The proxy answered 429 rate_limited itself."""
-        self.rate_limited_answers.inc()
-
-    def upstream_429(self) -> None:
-        self.upstream_rate_limited.inc()
-
-    def announced(self, remaining: float) -> None:
-        """The upstream announced `ratelimit-remaining: remaining`."""
-        self.rate_limit_remaining.set(remaining)
-
     def redis(self, up: bool) -> None:
         """Whether the fleet's Redis answered its last call."""
-        self.redis_up.set(1 if up else 0)
-
-    def links_rewritten(self) -> None:
-        self.links.inc()
+        self.redis_up.set(up)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
