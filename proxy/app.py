@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
 import structlog
@@ -15,12 +15,7 @@ from aiohttp import web
 from proxy import answers, clients, forwarding, guard, operations
 from proxy.access import Exchange
 from proxy.body import CapturedBody, too_large_description
-from proxy.errors import (
-    ProxyError,
-    RequestTooLarge,
-    error_response,
-    upstream_failure,
-)
+from proxy.errors import ProxyError, RequestTooLarge, error_response, upstream_failure
 from proxy.keys import CLIENT, LINKS, METRICS, PACER, SETTINGS, SHUTTING_DOWN, TOKENS, UPSTREAM
 from proxy.links import LinkRewriter
 from proxy.metrics import Metrics
@@ -33,10 +28,7 @@ log = structlog.get_logger("proxy")
 
 
 def create_app(
-    settings: Settings,
-    *,
-    token_fetcher: Callable[[aiohttp.ClientSession], TokenFetcher] | None = None,
-    token_source_options: dict[str, float] | None = None,
+    settings: Settings, *, token_source_options: dict[str, float] | None = None
 ) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_size)
     guard.install(app, settings)
@@ -55,11 +47,7 @@ def create_app(
     async def resources(app: web.Application) -> AsyncIterator[None]:
         upstream = clients.upstream_session(settings)
         token_session = clients.token_session(settings)
-        endpoint = (
-            token_fetcher(token_session)
-            if token_fetcher is not None
-            else clients.token_endpoint(token_session, settings)
-        )
+        endpoint = clients.token_endpoint(token_session, settings)
         fetcher: TokenFetcher = CountedFetcher(endpoint, metrics.token_attempt)
         fleet = None
         if settings.redis_url is not None:
@@ -115,12 +103,6 @@ async def continue_later(request: web.Request) -> None:
     and its declared size fits, so a refused client never sends the body."""
 
 
-def send_continue(request: web.Request) -> None:
-    expects = request.headers.get("Expect", "").lower() == "100-continue"
-    if expects and request.version >= aiohttp.HttpVersion11 and request.transport is not None:
-        request.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-
-
 async def forward(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings = app[SETTINGS]
@@ -131,26 +113,26 @@ async def forward(request: web.Request) -> web.StreamResponse:
     try:
         upstream = app[UPSTREAM]
         url = upstream.url(request.raw_path)
+        length = request.content_length  # sent as it came, `Content-Length: 0` too
         if request.body_exists:
-            if (request.content_length or 0) > settings.max_body_size:
+            if (length or 0) > settings.max_body_size:
                 raise RequestTooLarge(too_large_description(settings.max_body_size))
-            send_continue(request)
+            expects = request.headers.get("Expect", "").lower() == "100-continue"
+            if expects and request.version >= aiohttp.HttpVersion11 and request.transport:
+                request.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             body = CapturedBody(
                 request.content,
                 max_size=settings.max_body_size,
                 threshold=settings.spool_threshold,
                 timeout=settings.client_timeout,
             )
-            length = request.content_length
             if length is None or length <= forwarding.SMALL_BODY:
                 # A small body leaves with the head in one write; a chunked one is read whole so
                 # that the upstream gets its length. Larger bodies go upstream as they arrive.
                 await body.read_all()
+                length = body.received
         headers = forwarding.request_headers(
-            request.headers,
-            exchange.request_id,
-            _length(request, body),
-            decodable_only=settings.rewrite_links,
+            request.headers, exchange.request_id, length, decodable_only=settings.rewrite_links
         )
         session = app[CLIENT]
         sent_at = time.perf_counter()
@@ -211,11 +193,3 @@ async def forward(request: web.Request) -> web.StreamResponse:
 def _finished(exchange: Exchange, metrics: Metrics, log_query: bool) -> None:
     metrics.in_flight -= 1
     exchange.finish(metrics, log_query)
-
-
-def _length(request: web.Request, body: CapturedBody | None) -> int | None:
-    """The Content-Length to send: the body's, once read whole, else the client's (a client that
-    sent `Content-Length: 0` gets the same upstream)."""
-    if body is not None and body.complete:
-        return body.received
-    return request.content_length if request.headers.get("Content-Length") else None
