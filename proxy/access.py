@@ -16,11 +16,8 @@ log = structlog.get_logger("proxy.access")
 _QUERY_VALUE = re.compile(r"=[^&]*")
 # The Contracting API's scopes by method, from AgentSync's public docs.
 CONTRACTING_SCOPES = {
-    "GET": "rino_api_agency_read",
-    "HEAD": "rino_api_agency_read",
-    "POST": "rino_api_agency_write",
-    "PUT": "rino_api_agency_write",
-    "PATCH": "rino_api_agency_write",
+    **dict.fromkeys(("GET", "HEAD"), "rino_api_agency_read"),
+    **dict.fromkeys(("POST", "PUT", "PATCH"), "rino_api_agency_write"),
     "DELETE": "rino_api_agency_delete",
 }
 
@@ -52,12 +49,8 @@ class Exchange:
     @classmethod
     def of(cls, request: web.Request) -> Exchange:
         """The record of `request`, with its X-Request-Id or a new one."""
-        return cls(
-            request_id=request.headers.get("X-Request-Id") or os.urandom(16).hex(),
-            method=request.method,
-            target=request.raw_path,
-            client=request.remote,
-        )
+        request_id = request.headers.get("X-Request-Id") or os.urandom(16).hex()
+        return cls(request_id, request.method, request.raw_path, request.remote)
 
     def finish(self, metrics: Metrics, log_query: bool) -> None:
         seconds = time.perf_counter() - self.started

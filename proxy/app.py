@@ -45,7 +45,7 @@ def create_app(
     pacer.observer = metrics
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        upstream = clients.upstream_session(settings)
+        app[CLIENT] = upstream = clients.upstream_session(settings)
         token_session = clients.token_session(settings)
         endpoint = clients.token_endpoint(token_session, settings)
         fetcher: TokenFetcher = CountedFetcher(endpoint, metrics.token_attempt)
@@ -62,15 +62,13 @@ def create_app(
 
                 per_minute = mode if isinstance(mode, int) else None
                 pacer.state = await RedisPacingState.joined(fleet, per_minute)
-        tokens = TokenSource(
+        app[TOKENS] = tokens = TokenSource(
             fetcher,
             refresh_margin=settings.refresh_margin,
             requests_per_minute=settings.token_requests_per_minute,
             wait_timeout=settings.token_timeout,
             **(token_source_options or {}),  # type: ignore[arg-type]
         )
-        app[CLIENT] = upstream
-        app[TOKENS] = tokens
         metrics.track_token_expiry(tokens.seconds_left)
         refresher = asyncio.get_running_loop().create_task(tokens.run())
         async with contextlib.AsyncExitStack() as closing:  # each closes, whatever the others do
