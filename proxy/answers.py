@@ -65,10 +65,8 @@ async def relay(
     head: bytes = b""
     if has_body and rewriter is not None and links.is_json(upstream.content_type):
         if length is None or length <= links.LIMIT:
-            if length is not None:  # read as a small answer is, in one go
-                head = await _whole_body(upstream)
-            else:
-                head = await _read_up_to(upstream, links.LIMIT + 1)
+            # Of known length, read as a small answer is, in one go.
+            head = await _read(upstream, None if length is not None else links.LIMIT + 1)
             if len(head) <= links.LIMIT:
                 origin = f"http://{request.host}"
                 return await _rewritten(upstream, head, headers, exchange, rewriter, origin)
@@ -78,7 +76,15 @@ async def relay(
             reason=f"the answer is larger than {links.LIMIT >> 20} MiB",
         )
     elif has_body and length is not None and length <= SMALL_BODY:
-        return await _whole(upstream, headers, exchange)
+        # Read first and sent in one write: headers and body leave together, and a body that
+        # breaks off becomes a clean 502.
+        body = await _read(upstream)
+        if upstream.status == 403:
+            exchange.scope_hint(body)
+        exchange.bytes_out = len(body)
+        return web.Response(
+            status=upstream.status, reason=upstream.reason, headers=headers, body=body
+        )
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     await response.prepare(request)
     if not has_body:
@@ -95,7 +101,8 @@ async def relay(
             chunk = await upstream.content.readany()
         except BODY_BROKE_OFF:
             exchange.error = "upstream_broke_off"
-            _abort(request)
+            if request.transport is not None:
+                request.transport.abort()
             return response
         if not chunk:
             break
@@ -103,16 +110,19 @@ async def relay(
     return response
 
 
-async def _read_up_to(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The body, or its first `limit` bytes or a little more if it is longer."""
-    parts, size = [], 0
+async def _read(upstream: aiohttp.ClientResponse, limit: int | None = None) -> bytes:
+    """The body of known length whole, or its first `limit` bytes or a little more if it is
+    longer; one that breaks off is a clean 502."""
     try:
+        if limit is None:
+            return await upstream.read()
+        parts, size = [], 0
         while size < limit and (chunk := await upstream.content.readany()):
             parts.append(chunk)
             size += len(chunk)
+        return b"".join(parts)
     except BODY_BROKE_OFF:
         raise upstream_broke_off() from None
-    return b"".join(parts)
 
 
 async def _rewritten(
@@ -145,28 +155,3 @@ async def _rewritten(
     return web.Response(
         status=upstream.status, reason=upstream.reason, headers=headers, body=result.body
     )
-
-
-async def _whole(
-    upstream: aiohttp.ClientResponse, headers: list[tuple[str, str]], exchange: Exchange
-) -> web.Response:
-    """A small answer of known length is read first and sent in one write: headers and body
-    leave together, and a body that breaks off becomes a clean 502."""
-    body = await _whole_body(upstream)
-    if upstream.status == 403:
-        exchange.scope_hint(body)
-    exchange.bytes_out = len(body)
-    return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
-
-
-async def _whole_body(upstream: aiohttp.ClientResponse) -> bytes:
-    """An answer of known length, read whole; one that breaks off is a clean 502."""
-    try:
-        return await upstream.read()
-    except BODY_BROKE_OFF:
-        raise upstream_broke_off() from None
-
-
-def _abort(request: web.Request) -> None:
-    if request.transport is not None:
-        request.transport.abort()
