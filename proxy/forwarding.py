@@ -17,17 +17,8 @@ from proxy.token_endpoint import Token
 
 # RFC 9110 7.6.1, plus the proxy-only fields; names are compared in lower case.
 HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-authorization",
-        "proxy-authenticate",
-    }
+    {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding"}
+    | {"upgrade", "proxy-authorization", "proxy-authenticate"}
 )
 # Never copied from the client: the proxy sets these itself.
 REQUEST_OWN = frozenset({"host", "content-length", "expect", "authorization", "x-request-id"})
@@ -61,13 +52,8 @@ def request_headers(
     drop = dropped(incoming, _REQUEST_DROPPED)
     headers = [(name, value) for name, value in incoming.items() if name.lower() not in drop]
     if decodable_only and "Accept-Encoding" in incoming:
-        headers = [
-            (name, _decodable(value) if name.lower() == "accept-encoding" else value)
-            for name, value in headers
-        ]
-        headers = [
-            (name, value) for name, value in headers if value or name.lower() != "accept-encoding"
-        ]
+        headers = [(n, _decodable(v) if n.lower() == "accept-encoding" else v) for n, v in headers]
+        headers = [(n, v) for n, v in headers if v or n.lower() != "accept-encoding"]
     headers.append(("X-Request-Id", request_id))
     if body_size is not None:
         headers.append(("Content-Length", str(body_size)))
@@ -96,14 +82,10 @@ class Upstream:
 
     def url(self, raw_target: str) -> URL:
         """The upstream URL of the client's target, kept byte for byte, or a ProxyError."""
-        return URL(self.base + self.target(raw_target), encoded=True)
-
-    def target(self, raw_target: str) -> str:
-        """The origin-form target to append to the base URL, or a ProxyError."""
         if raw_target.startswith("/"):
             if "#" in raw_target:
                 raise BadRequest("the request target must not contain '#'")
-            return raw_target
+            return URL(self.base + raw_target, encoded=True)
         match = _ABSOLUTE.fullmatch(raw_target)
         if match is None:
             raise BadRequest(
@@ -123,7 +105,7 @@ class Upstream:
             raise TargetNotAllowed(
                 f"the proxy forwards only to {self.origin}; send requests as paths, e.g. /v1/..."
             )
-        return rest if rest.startswith("/") else "/" + rest
+        return URL(self.base + (rest if rest.startswith("/") else "/" + rest), encoded=True)
 
 
 async def send(
