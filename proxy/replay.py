@@ -8,8 +8,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
+from proxy.access import Exchange
 from proxy.errors import RateLimited
-from proxy.pacing import Ticket
+from proxy.pacing import Pacer
 from proxy.token_endpoint import Token
 
 
@@ -29,33 +30,11 @@ class Tokens(Protocol):
     async def renew(self, rejected: Token) -> Token: ...
 
 
-class Pacing(Protocol):
-    """proxy.pacing.Pacer."""
-
-    max_wait: float
-
-    async def hold(self, max_wait: float | None = None) -> Ticket: ...
-
-    async def answered(
-        self, ticket: Ticket, status: int, headers: Mapping[str, str]
-    ) -> float | None: ...
-
-    async def abandoned(self, ticket: Ticket) -> None: ...
-
-
-class Record(Protocol):
-    """What the access log is told: time held, and a replay before it is sent."""
-
-    def held(self, seconds: float) -> None: ...
-
-    def replaying(self, reason: int) -> None: ...
-
-
 R = TypeVar("R", bound=Response)
 
 
 async def send_with_replay(
-    send: Callable[[Token], Awaitable[R]], tokens: Tokens, pacer: Pacing, record: Record
+    send: Callable[[Token], Awaitable[R]], tokens: Tokens, pacer: Pacer, record: Exchange
 ) -> R:
     """The upstream's answer, a second 401 or 429 included, as it came. Raises RateLimited
     when the request would wait too long for the rate limit, a TokenError without a token."""
