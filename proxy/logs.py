@@ -37,27 +37,6 @@ def _json_line(event: EventDict, **options: Any) -> bytes:
         return json.dumps(event, default=repr).encode()
 
 
-def processors(log_format: str) -> tuple[list[Any], Any]:
-    """The processor chain (ending in redaction) and the renderer for a format."""
-    chain: list[Any] = [
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
-    renderer: Any
-    if log_format == "json":
-        # Tracebacks as data, without frame locals: a local may hold a token.
-        chain.append(
-            structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False))
-        )
-        renderer = structlog.processors.JSONRenderer()
-    else:
-        renderer = structlog.dev.ConsoleRenderer(
-            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
-        )
-    chain.append(redact)
-    return chain, renderer
-
-
 def malformed_requests(record: logging.LogRecord) -> bool:
     """aiohttp logs each request it cannot parse at ERROR, with a traceback: that is a client's
     mistake (or a port scanner), not the proxy's. It becomes one warning line saying what was
@@ -77,14 +56,26 @@ def configure(log_format: str | None, level: str) -> None:
     standard library's loggers (aiohttp's, asyncio's) are rendered the same way."""
     chosen = log_format or ("console" if sys.stderr.isatty() else "json")
     numeric_level = logging.getLevelName(level.upper())
-    chain, renderer = processors(chosen)
-    # One write() a line, so that the lines of several workers sharing stderr never mix; JSON
-    # lines straight to bytes by msgspec, the quickest part of each access line.
-    factory: Any = structlog.WriteLoggerFactory(sys.stderr)
-    final = renderer
+    chain: list[Any] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    # One write() a line, so that the lines of several workers sharing stderr never mix.
     if chosen == "json":
-        final = structlog.processors.JSONRenderer(serializer=_json_line)
-        factory = structlog.BytesLoggerFactory(sys.stderr.buffer)
+        # Tracebacks as data, without frame locals: a local may hold a token.
+        chain.append(
+            structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False))
+        )
+        renderer: Any = structlog.processors.JSONRenderer()  # the standard library's records
+        # JSON lines straight to bytes by msgspec, the quickest part of each access line.
+        final: Any = structlog.processors.JSONRenderer(serializer=_json_line)
+        factory: Any = structlog.BytesLoggerFactory(sys.stderr.buffer)
+    else:
+        renderer = final = structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
+        factory = structlog.WriteLoggerFactory(sys.stderr)
+    chain.append(redact)
     structlog.configure(
         processors=[*chain, final],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
