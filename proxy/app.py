@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 
 import aiohttp
 import structlog
@@ -132,15 +133,10 @@ async def forward(request: web.Request) -> web.StreamResponse:
         headers = forwarding.request_headers(
             request.headers, exchange.request_id, length, decodable_only=settings.rewrite_links
         )
-        session = app[CLIENT]
         sent_at = time.perf_counter()
         try:
-            answer = await send_with_replay(
-                lambda token: forwarding.send(session, request.method, url, headers, body, token),
-                app[TOKENS],
-                app[PACER],
-                exchange,
-            )
+            send = partial(forwarding.send, app[CLIENT], request.method, url, headers, body)
+            answer = await send_with_replay(send, app[TOKENS], app[PACER], exchange)
         except (aiohttp.ClientError, TimeoutError) as exc:
             if body is not None and body.failure is not None:
                 raise body.failure from None  # the client's side failed, not the upstream
