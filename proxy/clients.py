@@ -26,14 +26,12 @@ def ssl_context(settings: Settings) -> ssl.SSLContext:
 
 
 def env_proxy(url: str) -> str | None:
-    """The egress proxy for `url` from HTTPS_PROXY / HTTP_PROXY / NO_PROXY, looked up once.
-
+    """The egress proxy for `url` from HTTPS_PROXY / HTTP_PROXY / NO_PROXY, looked up once:
     aiohttp's trust_env would look it up (and read ~/.netrc) in a thread on every request."""
     parsed = URL(url)
-    proxies = urllib.request.getproxies_environment()
     if parsed.host is None or urllib.request.proxy_bypass(parsed.host):
         return None
-    return proxies.get(parsed.scheme)
+    return urllib.request.getproxies_environment().get(parsed.scheme)
 
 
 def upstream_session(settings: Settings) -> aiohttp.ClientSession:
