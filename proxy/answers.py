@@ -143,8 +143,7 @@ async def _rewritten(
     if upstream.status == 403:
         exchange.scope_hint(result.body)
     exchange.bytes_out = len(result.body)
-    if result.changed:  # re-encoded as it came: Content-Encoding stays
-        exchange.links_rewritten = True
+    exchange.links_rewritten = result.changed  # re-encoded as it came: Content-Encoding stays
     # web.Response sets the Content-Length of the body it is given; a body that is no longer
     # the upstream's byte for byte has a weak ETag.
     headers = [
