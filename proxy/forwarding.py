@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 
 import aiohttp
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
 from yarl import URL
 
 from proxy.body import CapturedBody
@@ -28,10 +28,9 @@ SMALL_BODY = 64 * 1024
 # What the proxy can decode to rewrite the links of a JSON answer.
 DECODABLE = frozenset({"gzip", "x-gzip", "deflate", "identity"})
 _ABSOLUTE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)(.*)", re.DOTALL)
-Headers = CIMultiDictProxy[str] | CIMultiDict[str]
 
 
-def dropped(headers: Headers, always: frozenset[str]) -> frozenset[str]:
+def dropped(headers: CIMultiDictProxy[str], always: frozenset[str]) -> frozenset[str]:
     """`always`, plus the names the Connection header lists."""
     listed = headers.getall("Connection", ())
     if not listed:
