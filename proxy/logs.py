@@ -38,9 +38,8 @@ def _json_line(event: EventDict, **options: Any) -> bytes:
 
 
 def malformed_requests(record: logging.LogRecord) -> bool:
-    """aiohttp logs each request it cannot parse at ERROR, with a traceback: that is a client's
-    mistake (or a port scanner), not the proxy's. It becomes one warning line saying what was
-    wrong, and from whom."""
+    """aiohttp logs each request it cannot parse at ERROR with a traceback, though the mistake is
+    a client's (or a port scanner's): it becomes one warning line, what was wrong and from whom."""
     error = record.exc_info[1] if record.exc_info else None
     if isinstance(error, HttpProcessingError) and record.name == "aiohttp.server":
         record.levelno, record.levelname = logging.WARNING, "WARNING"
