@@ -15,8 +15,7 @@ from proxy.token_endpoint import Token
 
 
 class Response(Protocol):
-    @property
-    def status(self) -> int: ...
+    status: int
 
     @property
     def headers(self) -> Mapping[str, str]: ...
