@@ -1,7 +1,5 @@
-"""pytest fixtures for test suites that talk to AgentSync through the proxy, with no account.
-
-Enable them with `pytest_plugins = ["proxy.testing"]` in a conftest.py; they need
-pytest-aiohttp (or pytest-asyncio) for async fixtures."""
+"""pytest fixtures for test suites that talk to AgentSync through the proxy, with no account:
+`pytest_plugins = ["proxy.testing"]` in a conftest.py, with pytest-aiohttp or pytest-asyncio."""
 
 from __future__ import annotations
 
