@@ -55,8 +55,8 @@ def is_auth_host(host: str) -> bool:
     return host.rstrip(".").lower().startswith("auth.")
 
 
-# ---- parsers: each takes a flag/environment string or a TOML value and raises ValueError, or
-# for a list an ExceptionGroup of one ValueError for each bad item ----
+# Parsers: each takes a flag/environment string or a TOML value and raises ValueError (a list:
+# an ExceptionGroup of one ValueError for each bad item).
 
 
 def _text(value: object) -> str:
@@ -276,8 +276,7 @@ def _redis_url(value: object) -> Secret:
 
 
 def _pacing(value: object) -> tuple[str, int | None]:
-    """auto (pace API requests by what the upstream announces), off, or auto with a cap of N
-    requests a minute."""
+    """auto (paced by what the upstream announces), off, or auto with a cap of N a minute."""
     text = _text(value).lower()
     if text in ("auto", "off"):
         return text, None
@@ -310,15 +309,14 @@ class Option:
 
 
 def setting(default: Any, parse: Parser, metavar: str | None = None, env: str = "") -> Any:
-    """A field of Settings and the option that sets it: flag --NAME, TOML key NAME and
-    environment variable AGENTSYNC_PROXY_NAME, unless `env` names another; its help is HELP's."""
+    """A field of Settings that is an Option too; its variable is AGENTSYNC_PROXY_NAME unless
+    `env` names another, its help is HELP's."""
     return field(default=default, metadata={"parse": parse, "metavar": metavar, "env": env})
 
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    """Every setting of the proxy. Each field declared with setting() is an option too: a flag,
-    an environment variable and a TOML key (see OPTIONS)."""
+    """Every setting of the proxy; each field declared with setting() is in OPTIONS too."""
 
     listen: Listen = setting(Listen("127.0.0.1", 8080), parse_listen, "HOST:PORT")
     environment: str = setting("sandbox", _nonempty, "NAME", "AGENTSYNC_ENVIRONMENT")
@@ -440,33 +438,27 @@ def load_settings(flags: Mapping[str, object], environ: Mapping[str, str]) -> Se
             take(option, flags[option.name], option.flag_name)
         elif environ.get(option.env, "") != "":
             take(option, environ[option.env], option.env)
-    if "config" in values:
-        for key, raw in _read_toml(values["config"], problems).items():
-            if key not in values:
-                take(OPTIONS_BY_NAME[key], raw, f"{values['config']}: {key}")
-    values.pop("config", None)
+    if (path := values.pop("config", None)) is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            problems.append(f"--config {path}: cannot read the file ({exc.strerror})")
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            problems.append(f"--config {path}: not valid TOML ({exc})")
+        else:
+            for key in sorted(set(data) - _TOML_KEYS):
+                hint = " (give the secret in AGENTSYNC_CLIENT_SECRET or client_secret_file)"
+                problems.append(
+                    f"--config {path}: unknown setting {key!r}{hint * (key == 'client_secret')}"
+                )
+            for key, raw in data.items():
+                if key in _TOML_KEYS and key not in values:
+                    take(OPTIONS_BY_NAME[key], raw, f"{path}: {key}")
     problems.extend(egress_proxy_problems(environ))
     warnings = _complete(values, sources, problems)
     if problems:
         raise ConfigError(problems)
     return Settings(**values, warnings=tuple(warnings))
-
-
-def _read_toml(path: Path, problems: list[str]) -> dict[str, object]:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        problems.append(f"--config {path}: cannot read the file ({exc.strerror})")
-        return {}
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        problems.append(f"--config {path}: not valid TOML ({exc})")
-        return {}
-    for key in sorted(set(data) - _TOML_KEYS):
-        hint = " (give the secret in AGENTSYNC_CLIENT_SECRET or client_secret_file)" * (
-            key == "client_secret"
-        )
-        problems.append(f"--config {path}: unknown setting {key!r}{hint}")
-    return {key: value for key, value in data.items() if key in _TOML_KEYS}
 
 
 def _complete(values: dict[str, Any], sources: Mapping[str, str], problems: list[str]) -> list[str]:
@@ -499,10 +491,15 @@ def _complete(values: dict[str, Any], sources: Mapping[str, str], problems: list
         )
     elif secret_file is not None:
         label = sources["client_secret_file"]
-        if problem := _unusable_secret_file(secret_file):
-            problems.append(f"{label}: {problem}")
-        elif readable_by_others(secret_file):
-            warnings.append(f"{label}: {secret_file} is readable by other users (chmod 600 it)")
+        try:
+            if not secret_file.read_text(encoding="utf-8").strip():
+                problems.append(f"{label}: {secret_file} is empty")
+            elif readable_by_others(secret_file):
+                warnings.append(f"{label}: {secret_file} is readable by other users (chmod 600 it)")
+        except OSError as exc:
+            problems.append(f"{label}: cannot read {secret_file} ({exc.strerror})")
+        except UnicodeDecodeError:
+            problems.append(f"{label}: {secret_file} is not UTF-8 text")
     elif secret is None:
         problems.append(
             "AGENTSYNC_CLIENT_SECRET: required, or AGENTSYNC_CLIENT_SECRET_FILE"
@@ -553,13 +550,3 @@ def egress_proxy_problems(environ: Mapping[str, str]) -> list[str]:
                 " http://proxy.internal:3128; SOCKS proxies are not supported)"
             )
     return problems
-
-
-def _unusable_secret_file(path: Path) -> str | None:
-    try:
-        content = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        return f"cannot read {path} ({exc.strerror})"
-    except UnicodeDecodeError:
-        return f"{path} is not UTF-8 text"
-    return None if content else f"{path} is empty"
