@@ -38,7 +38,7 @@ class Policy:
     origins: frozenset[str]
     # Verdicts on the addresses and Host values seen: parsing an address on every request was a
     # visible part of the proxy's latency. Bounded, since clients choose the Host they send.
-    _verdicts: dict[tuple[bool, str | None], bool] = field(
+    _verdicts: dict[tuple[str, str | None], bool] = field(
         default_factory=dict, compare=False, repr=False
     )
 
@@ -48,19 +48,14 @@ class Policy:
         hosts.add(settings.listen.host.lower().strip("[]"))
         return cls(settings.allowed_clients, frozenset(hosts), frozenset(settings.allowed_origins))
 
-    def client_allowed(self, address: str | None) -> bool:
-        return self._remembered(True, address)
-
-    def host_allowed(self, host_header: str) -> bool:
-        return self._remembered(False, host_header)
-
-    def _remembered(self, client: bool, text: str | None) -> bool:
-        verdict = self._verdicts.get((client, text))
+    def allows(self, kind: str, text: str | None) -> bool:
+        """Whether the "client" address or the "host" header `text` may use the proxy."""
+        verdict = self._verdicts.get((kind, text))
         if verdict is None:
             if len(self._verdicts) >= VERDICTS_KEPT:
                 self._verdicts.clear()
-            verdict = self._client(text) if client else self._host(text or "")
-            self._verdicts[client, text] = verdict
+            verdict = self._client(text) if kind == "client" else self._host(text or "")
+            self._verdicts[kind, text] = verdict
         return verdict
 
     def _client(self, address: str | None) -> bool:
@@ -85,7 +80,7 @@ class Policy:
 
 def check(policy: Policy, request: web.Request) -> None:
     """Raise the ProxyError that refuses this request, if any."""
-    if not policy.client_allowed(request.remote):
+    if not policy.allows("client", request.remote):
         raise ClientNotAllowed(
             f"the address {request.remote} is not allowed to use this proxy;"
             " add it to --allowed-clients"
@@ -98,7 +93,7 @@ def check(policy: Policy, request: web.Request) -> None:
     if (
         host is not None
         and request.raw_path.startswith("/")  # origin form
-        and not policy.host_allowed(host)
+        and not policy.allows("host", host)
         and request.raw_path.partition("?")[0] not in PROBES
     ):
         raise HostNotAllowed(
