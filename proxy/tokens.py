@@ -10,14 +10,15 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, InitVar, dataclass, field
 from typing import Protocol, runtime_checkable
 
 import structlog
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
-    retry_if_exception,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
     stop_after_attempt,
     stop_before_delay,
 )
@@ -99,36 +100,28 @@ def backoff(attempt: int, initial: float, ceiling: float) -> float:
     return base / 2 + jitter
 
 
+@dataclass(eq=False, repr=False)
 class TokenSource:
-    def __init__(
-        self,
-        fetcher: TokenFetcher,
-        *,
-        refresh_margin: float = 300.0,
-        requests_per_minute: int = 20,
-        wait_timeout: float = 30.0,
-        max_attempts: int = 5,
-        backoff_initial: float = 0.25,
-        backoff_ceiling: float = 30.0,
-        rejection_ttl: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
-        self.fetcher = fetcher
-        self.refresh_margin = refresh_margin
-        self.wait_timeout = wait_timeout
-        self.max_attempts = max_attempts
-        self.backoff_initial = backoff_initial
-        self.backoff_ceiling = backoff_ceiling
-        self.rejection_ttl = rejection_ttl
-        self.clock = clock
-        self.sleep = sleep  # with the clock, lets tests run the refresher in virtual time
-        self.cap = RequestCap(requests_per_minute, clock=clock)
-        self.current: Token | None = None
-        self._failure: _Failure | None = None
-        self._unavailable_in_a_row = 0  # failed token requests since the last success
-        self._last_request_failed: str | None = None  # why, unless the last request succeeded
-        self._inflight: asyncio.Task[Token] | None = None
+    fetcher: TokenFetcher
+    _: KW_ONLY
+    refresh_margin: float = 300.0
+    requests_per_minute: InitVar[int] = 20
+    wait_timeout: float = 30.0
+    max_attempts: int = 5
+    backoff_initial: float = 0.25
+    backoff_ceiling: float = 30.0
+    rejection_ttl: float = 30.0
+    clock: Callable[[], float] = time.monotonic
+    # With the clock, lets tests run the refresher in virtual time.
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    current: Token | None = field(default=None, init=False)
+    _failure: _Failure | None = field(default=None, init=False)
+    _unavailable_in_a_row: int = field(default=0, init=False)  # failed requests since a success
+    _last_request_failed: str | None = field(default=None, init=False)  # why, if it failed
+    _inflight: asyncio.Task[Token] | None = field(default=None, init=False)
+
+    def __post_init__(self, requests_per_minute: int) -> None:
+        self.cap = RequestCap(requests_per_minute, clock=self.clock)
 
     @property
     def last_error(self) -> TokenError | None:
@@ -242,7 +235,8 @@ class TokenSource:
         # for it wait past --token-timeout (a long Retry-After): they get the 503 at once.
         attempts = self.max_attempts if self._unavailable_in_a_row == 0 else 1
         retrying = AsyncRetrying(
-            retry=retry_if_exception(_is_transient),
+            retry=retry_if_exception_type(TokenUnavailable)
+            & retry_if_not_exception_type(CapReached),
             stop=stop_after_attempt(attempts) | stop_before_delay(self.wait_timeout),
             wait=self._wait,
             before_sleep=_log_retry,
@@ -305,10 +299,6 @@ def _unexpected(error: Exception) -> TokenUnavailable:
         f"the token request failed unexpectedly ({type(error).__name__}); the proxy retries with"
         " backoff; its log has the details (token_request_failed)"
     )
-
-
-def _is_transient(error: BaseException) -> bool:
-    return isinstance(error, TokenUnavailable) and not isinstance(error, CapReached)
 
 
 def _log_retry(state: RetryCallState) -> None:
