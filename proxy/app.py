@@ -78,7 +78,8 @@ def create_app(
             closing.push_async_callback(token_session.close)
             closing.push_async_callback(upstream.close)
             closing.push_async_callback(tokens.close)
-            closing.push_async_callback(_stopped, refresher)  # the first to run
+            closing.push_async_callback(asyncio.wait, (refresher,))
+            closing.callback(refresher.cancel)  # the first to run
             yield
 
     async def on_shutdown(app: web.Application) -> None:
@@ -89,12 +90,6 @@ def create_app(
     operations.add_routes(app)
     app.router.add_route("*", "/{tail:.*}", forward, expect_handler=continue_later)
     return app
-
-
-async def _stopped(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 async def continue_later(request: web.Request) -> None:
