@@ -80,7 +80,22 @@ class TokenEndpoint:
     timeout: float = 30.0
 
     async def fetch(self) -> Token:
-        form, headers = self._request_parts()
+        try:
+            secret = self.client_secret.read().reveal()
+        except (OSError, UnicodeDecodeError):
+            raise TokenUnavailable(
+                f"cannot read the client secret file {self.client_secret.file}"
+            ) from None
+        form = {"grant_type": "client_credentials"}
+        headers = {"Accept": "application/json"}
+        if self.client_auth == "basic":
+            pair = f"{quote(self.client_id, safe='')}:{quote(secret, safe='')}"
+            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+        else:
+            form["client_id"] = self.client_id
+            form["client_secret"] = secret
+        if self.scope:
+            form["scope"] = self.scope
         started = time.monotonic()
         try:
             async with self.session.post(
@@ -98,25 +113,6 @@ class TokenEndpoint:
                 " check AGENTSYNC_TOKEN_URL and the network",
             ) from None
 
-    def _request_parts(self) -> tuple[dict[str, str], dict[str, str]]:
-        try:
-            secret = self.client_secret.read().reveal()
-        except (OSError, UnicodeDecodeError):
-            raise TokenUnavailable(
-                f"cannot read the client secret file {self.client_secret.file}"
-            ) from None
-        form = {"grant_type": "client_credentials"}
-        headers = {"Accept": "application/json"}
-        if self.client_auth == "basic":
-            pair = f"{quote(self.client_id, safe='')}:{quote(secret, safe='')}"
-            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
-        else:
-            form["client_id"] = self.client_id
-            form["client_secret"] = secret
-        if self.scope:
-            form["scope"] = self.scope
-        return form, headers
-
     def _interpret(self, response: aiohttp.ClientResponse, body: bytes, started: float) -> Token:
         status = response.status
         if status == 429 or status >= 500:
@@ -124,10 +120,13 @@ class TokenEndpoint:
                 f"the token endpoint answered {status}; the proxy retries with backoff",
                 retry_after=retry_after_seconds(response.headers.get("Retry-After")),
             )
-        payload = _json_object(body)
+        try:
+            payload = json.loads(body)
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply
+            payload = None
         if status != 200:
             raise TokenRejected(self._rejection_description(status, payload))
-        if payload is None:
+        if not isinstance(payload, dict):
             raise TokenUnavailable("the token endpoint answered 200 with a body that is not JSON")
         access_token = payload.get("access_token")
         if not isinstance(access_token, str) or not access_token:
@@ -163,8 +162,8 @@ class TokenEndpoint:
             expires_at_wall=time.time() + lifetime,
         )
 
-    def _rejection_description(self, status: int, payload: dict[str, object] | None) -> str:
-        payload = payload or {}
+    def _rejection_description(self, status: int, payload: object) -> str:
+        payload = payload if isinstance(payload, dict) else {}
         code = payload.get("error") or payload.get("errorCode") or f"HTTP {status}"
         summary = payload.get("error_description") or payload.get("errorSummary") or ""
         code_text = str(code)[:80]
@@ -186,14 +185,6 @@ class TokenEndpoint:
         return (
             f"the token endpoint rejected the proxy's request ({code_text}{summary_text}); {action}"
         )
-
-
-def _json_object(body: bytes) -> dict[str, object] | None:
-    try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError):  # RecursionError: nested too deeply
-        return None
-    return payload if isinstance(payload, dict) else None
 
 
 def _lifetime(value: object) -> float | None:
