@@ -81,13 +81,6 @@ class Exchange:
             **({"error": self.error} if self.error else {}),
         )
 
-    def held(self, seconds: float) -> None:
-        self.held_seconds += seconds
-
-    def replaying(self, reason: int = 401) -> None:
-        """The request is being sent again after an upstream `reason` (401 or 429)."""
-        self.replayed, self.replay_reason = True, reason
-
     def _replay_outcome(self) -> str:
         if self.upstream_status is None:
             return "failed"  # the replay got no answer: the upstream was unreachable or slow

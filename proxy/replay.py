@@ -41,7 +41,7 @@ async def send_with_replay(
     replayed: set[int] = set()
     token: Token | None = None
     while True:
-        record.held(ticket.held)
+        record.held_seconds += ticket.held
         try:
             token = token or await tokens.token()
             response = await send(token)
@@ -68,4 +68,4 @@ async def send_with_replay(
         else:
             return response
         replayed.add(status)
-        record.replaying(status)
+        record.replayed, record.replay_reason = True, status
