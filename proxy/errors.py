@@ -46,34 +46,22 @@ class TokenUnavailable(TokenError, status=503, code="token_unavailable"):
         return {"Retry-After": str(max(1, math.ceil(self.retry_after or 1)))}
 
 
-class UpstreamUnreachable(ProxyError, status=502, code="upstream_unreachable"): ...
+def _kind(status: int, code: str) -> type[ProxyError]:
+    """A plain ProxyError subclass, named for its code (bad_request: BadRequest)."""
+    name = code.title().replace("_", "")
+    return type(name, (ProxyError,), {"status": status, "code": code, "__module__": __name__})
 
 
-class UpstreamTimeout(ProxyError, status=504, code="upstream_timeout"): ...
-
-
-class RequestTooLarge(ProxyError, status=413, code="request_too_large"): ...
-
-
-class ClientTimeout(ProxyError, status=408, code="client_timeout"): ...
-
-
-class BadRequest(ProxyError, status=400, code="bad_request"): ...
-
-
-class AuthHostRefused(ProxyError, status=403, code="auth_host_refused"): ...
-
-
-class TargetNotAllowed(ProxyError, status=403, code="target_not_allowed"): ...
-
-
-class HostNotAllowed(ProxyError, status=403, code="host_not_allowed"): ...
-
-
-class OriginNotAllowed(ProxyError, status=403, code="origin_not_allowed"): ...
-
-
-class ClientNotAllowed(ProxyError, status=403, code="client_not_allowed"): ...
+UpstreamUnreachable = _kind(502, "upstream_unreachable")
+UpstreamTimeout = _kind(504, "upstream_timeout")
+RequestTooLarge = _kind(413, "request_too_large")
+ClientTimeout = _kind(408, "client_timeout")
+BadRequest = _kind(400, "bad_request")
+AuthHostRefused = _kind(403, "auth_host_refused")
+TargetNotAllowed = _kind(403, "target_not_allowed")
+HostNotAllowed = _kind(403, "host_not_allowed")
+OriginNotAllowed = _kind(403, "origin_not_allowed")
+ClientNotAllowed = _kind(403, "client_not_allowed")
 
 
 class MethodNotAllowed(ProxyError, status=405, code="method_not_allowed"):
