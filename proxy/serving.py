@@ -28,7 +28,16 @@ BACKLOG = 2048  # a burst of new connections must not overflow the accept queue
 
 
 def serve(settings: Settings, argv: Sequence[str], environ: Mapping[str, str]) -> int:
-    workers = worker_of(environ, settings.token_requests_per_minute)
+    workers = 0  # N when this process is one of N workers, else 0
+    cap = settings.token_requests_per_minute
+    if text := environ.get(WORKER_OF, ""):
+        workers = whole_number(text) or 0
+        if not 1 <= workers <= cap:
+            problem = (
+                f"{WORKER_OF}: {text!r} is not a number of workers from 1 to {cap}; the proxy sets"
+                " this variable for its own worker processes: unset it"
+            )
+            raise ConfigError([problem])
     if workers and settings.redis_url is not None:
         # One of N replicas of a fleet: the workers count their token requests together in
         # Redis, and each keeps to its share only while Redis is down.
@@ -37,26 +46,11 @@ def serve(settings: Settings, argv: Sequence[str], environ: Mapping[str, str]) -
         # One of N workers: the port is shared, and so is the cap on token requests. Settings
         # refuse more workers than the cap, so every share is at least 1 and they add up to
         # no more than the cap.
-        share = settings.token_requests_per_minute // workers
+        share = cap // workers
         return run(replace(settings, token_requests_per_minute=share), reuse_port=True)
     if settings.workers > 1:
         return supervise(settings.workers, argv, environ)
     return run(settings, reuse_port=False)
-
-
-def worker_of(environ: Mapping[str, str], cap: int) -> int:
-    """N when this process is one of N workers, 0 when it is the only or the supervising one."""
-    text = environ.get(WORKER_OF, "")
-    if not text:
-        return 0
-    workers = whole_number(text)
-    if workers is None or not 1 <= workers <= cap:
-        problem = (
-            f"{WORKER_OF}: {text!r} is not a number of workers from 1 to {cap}; the proxy sets"
-            " this variable for its own worker processes: unset it"
-        )
-        raise ConfigError([problem])
-    return workers
 
 
 def run(settings: Settings, *, reuse_port: bool) -> int:
