@@ -31,8 +31,8 @@ def response_headers(
     *,
     link_headers: bool,
 ) -> list[tuple[str, str]]:
-    """The upstream's end-to-end headers, the request id, a Location on the API pointed at the
-    proxy, and with `link_headers` the Link header's URLs too."""
+    """The upstream's end-to-end headers and the request id; Location, and Link with
+    `link_headers`, pointed at the proxy."""
     drop = dropped(incoming, _DROPPED)
     headers = []
     for name, value in incoming.items():
@@ -109,8 +109,7 @@ async def relay(
 
 
 async def _read(upstream: aiohttp.ClientResponse, limit: int | None = None) -> bytes:
-    """The body of known length whole, or its first `limit` bytes or a little more if it is
-    longer; one that breaks off is a clean 502."""
+    """The body whole, or its first `limit` bytes or a little more; a break-off is a clean 502."""
     try:
         if limit is None:
             return await upstream.read()
