@@ -454,7 +454,15 @@ def load_settings(flags: Mapping[str, object], environ: Mapping[str, str]) -> Se
             for key, raw in data.items():
                 if key in _TOML_KEYS and key not in values:
                     take(OPTIONS_BY_NAME[key], raw, f"{path}: {key}")
-    problems.extend(egress_proxy_problems(environ))
+    # An egress proxy in HTTP(S)_PROXY must be a URL the HTTP client can use: without a scheme
+    # it would be ignored, and the client speaks no SOCKS, so requests would go direct.
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        text = environ.get(name, "").strip()
+        if text and _with_scheme(text, "http", "https") is None:
+            problems.append(
+                f"{name}: {_masked(text)!r} is not an http:// or https:// proxy URL (for example"
+                " http://proxy.internal:3128; SOCKS proxies are not supported)"
+            )
     warnings = _complete(values, sources, problems)
     if problems:
         raise ConfigError(problems)
@@ -536,17 +544,3 @@ def _complete(values: dict[str, Any], sources: Mapping[str, str], problems: list
         "api_requests_per_minute", ("auto", None)
     )
     return warnings
-
-
-def egress_proxy_problems(environ: Mapping[str, str]) -> list[str]:
-    """An egress proxy named by HTTP(S)_PROXY must be a URL the HTTP client can use: without a
-    scheme it would be ignored, and the client speaks no SOCKS, so requests would go direct."""
-    problems = []
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
-        text = environ.get(name, "").strip()
-        if text and _with_scheme(text, "http", "https") is None:
-            problems.append(
-                f"{name}: {_masked(text)!r} is not an http:// or https:// proxy URL (for example"
-                " http://proxy.internal:3128; SOCKS proxies are not supported)"
-            )
-    return problems
