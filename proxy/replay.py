@@ -1,7 +1,5 @@
-"""The replay policy, apart from any I/O: hold the request for the API's rate limit, send it; on
-a 401 renew the token (unless someone already has) and send once more; on a 429 wait for the
-time it names, if that fits the wait budget, and send once more. At most one replay of each
-kind; a second 401 or 429 goes to the client as it is."""
+"""The replay policy, apart from any I/O: after a 401 (the token renewed) or a 429 (its pause
+waited out, if that fits the wait budget), the request is sent once more, at most once each."""
 
 from __future__ import annotations
 
