@@ -22,12 +22,6 @@ CONTRACTING_SCOPES = {
 }
 
 
-def mask_query(target: str) -> str:
-    """Keep the query's names, hide its values: they are often personal data (NPNs, names)."""
-    path, sep, query = target.partition("?")
-    return path + sep + _QUERY_VALUE.sub("=***", query) if sep else target
-
-
 @dataclass(slots=True)
 class Exchange:
     request_id: str
@@ -60,15 +54,21 @@ class Exchange:
             metrics.upstream_duration.observe(upstream)
         if self.links_rewritten:
             metrics.links_rewritten()
-        if self.replayed:
-            metrics.replayed(self.replay_reason, self._replay_outcome())
+        if self.replayed:  # failed: the replay got no answer (the upstream unreachable or slow)
+            status = self.upstream_status
+            outcome = "rejected" if status == self.replay_reason else "success"
+            metrics.replayed(self.replay_reason, "failed" if status is None else outcome)
         if self.error is not None:
             metrics.errors.labels(self.error).inc()
+        path = self.target
+        if not log_query and "?" in path:  # query values are often personal data (NPNs, names)
+            path, _, query = path.partition("?")
+            path += "?" + _QUERY_VALUE.sub("=***", query)
         log.info(
             "request",
             request_id=self.request_id,
             method=self.method,
-            path=self.target if log_query else mask_query(self.target),
+            path=path,
             status=self.status,
             upstream_status=self.upstream_status,
             duration_ms=round(seconds * 1000, 2),
@@ -80,11 +80,6 @@ class Exchange:
             client=self.client,
             **({"error": self.error} if self.error else {}),
         )
-
-    def _replay_outcome(self) -> str:
-        if self.upstream_status is None:
-            return "failed"  # the replay got no answer: the upstream was unreachable or slow
-        return "rejected" if self.upstream_status == self.replay_reason else "success"
 
     def scope_hint(self, body_start: bytes) -> None:
         """AgentSync refuses a call whose token lacks a scope with 'Policy evaluation failed'."""
