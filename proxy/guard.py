@@ -78,42 +78,6 @@ class Policy:
         return is_loopback_host(host) or host in self.hosts
 
 
-def check(policy: Policy, request: web.Request) -> None:
-    """Raise the ProxyError that refuses this request, if any."""
-    if not policy.allows("client", request.remote):
-        raise ClientNotAllowed(
-            f"the address {request.remote} is not allowed to use this proxy;"
-            " add it to --allowed-clients"
-        )
-    if request.method == "CONNECT":
-        raise MethodNotAllowed("CONNECT is not supported: this is a reverse proxy")
-    if request.raw_path == "*":
-        raise BadRequest("the request target * is not supported; send a path such as /v1/...")
-    host = request.headers.get("Host")
-    if (
-        host is not None
-        and request.raw_path.startswith("/")  # origin form
-        and not policy.allows("host", host)
-        and request.raw_path.partition("?")[0] not in PROBES
-    ):
-        raise HostNotAllowed(
-            f"Host {host!r} is not allowed (a web page may be trying DNS rebinding); call the"
-            " proxy as localhost, or add the name to --allowed-hosts"
-        )
-    origin = request.headers.get("Origin")
-    if origin is not None:
-        if origin not in policy.origins:
-            raise OriginNotAllowed(
-                f"requests from web pages of {origin} are refused; add the origin to"
-                " --allowed-origins if that page should use the proxy"
-            )
-    elif request.headers.get("Sec-Fetch-Site", "none") not in SAFE_FETCH_SITES:
-        raise OriginNotAllowed(
-            "a web page of another site sent this request; pages may use the proxy only from"
-            " an origin in --allowed-origins"
-        )
-
-
 def _answered_here(request: web.Request, error: ProxyError | None = None) -> web.Response:
     """A refusal, or a CORS preflight's answer: logged and counted like every request, never
     forwarded."""
@@ -136,8 +100,41 @@ def install(app: web.Application, settings: Settings) -> None:
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            check(policy, request)
+        try:  # refused: the ProxyError that says why
+            if not policy.allows("client", request.remote):
+                raise ClientNotAllowed(
+                    f"the address {request.remote} is not allowed to use this proxy;"
+                    " add it to --allowed-clients"
+                )
+            if request.method == "CONNECT":
+                raise MethodNotAllowed("CONNECT is not supported: this is a reverse proxy")
+            if request.raw_path == "*":
+                raise BadRequest(
+                    "the request target * is not supported; send a path such as /v1/..."
+                )
+            host = request.headers.get("Host")
+            if (
+                host is not None
+                and request.raw_path.startswith("/")  # origin form
+                and not policy.allows("host", host)
+                and request.raw_path.partition("?")[0] not in PROBES
+            ):
+                raise HostNotAllowed(
+                    f"Host {host!r} is not allowed (a web page may be trying DNS rebinding);"
+                    " call the proxy as localhost, or add the name to --allowed-hosts"
+                )
+            origin = request.headers.get("Origin")
+            if origin is not None:
+                if origin not in policy.origins:
+                    raise OriginNotAllowed(
+                        f"requests from web pages of {origin} are refused; add the origin to"
+                        " --allowed-origins if that page should use the proxy"
+                    )
+            elif request.headers.get("Sec-Fetch-Site", "none") not in SAFE_FETCH_SITES:
+                raise OriginNotAllowed(
+                    "a web page of another site sent this request; pages may use the proxy only"
+                    " from an origin in --allowed-origins"
+                )
         except ProxyError as error:
             return _answered_here(request, error)
         if (
