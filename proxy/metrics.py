@@ -48,12 +48,8 @@ class Metrics:
             "upstream_duration_seconds",
             "Time from sending a request upstream to its response headers, replays included.",
         )
-        self.request_body_bytes = counter(
-            "request_body_bytes", "Request body bytes read from clients."
-        )
-        self.response_body_bytes = counter(
-            "response_body_bytes", "Response body bytes sent to clients."
-        )
+        self._bytes_in = counter("request_body_bytes", "Request body bytes read from clients.").inc
+        self._bytes_out = counter("response_body_bytes", "Response body bytes sent to clients.").inc
         self.replays = counter(
             "replays",
             "Requests replayed, by the upstream status that caused the replay (401: token"
@@ -116,8 +112,8 @@ class Metrics:
         status_class = f"{status // 100}xx" if 100 <= status < 600 else "aborted"
         self._requests[method, status_class].inc()
         self.request_duration.observe(seconds)
-        self.request_body_bytes.inc(bytes_in)
-        self.response_body_bytes.inc(bytes_out)
+        self._bytes_in(bytes_in)
+        self._bytes_out(bytes_out)
 
     def replayed(self, reason: int, outcome: str) -> None:
         """A request sent again after an upstream `reason` (401 or 429); `outcome` is success,
