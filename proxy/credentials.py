@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,8 +44,3 @@ class ClientSecret:
             assert self.value is not None
             return self.value
         return Secret(self.file.read_text(encoding="utf-8").strip())
-
-
-def readable_by_others(path: Path) -> bool:
-    """True when the group or other users may read the file."""
-    return bool(os.stat(path).st_mode & (stat.S_IRGRP | stat.S_IROTH))

@@ -26,8 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeout
 from yarl import URL
 
 from proxy.credentials import Secret
-from proxy.numbers import whole_number
-from proxy.settings import Settings
+from proxy.settings import Settings, whole_number
 
 log = structlog.get_logger("proxy.redis")
 REDIS_TIMEOUT = 0.1  # seconds: Redis is a shortcut, never worth holding a request for

@@ -17,9 +17,8 @@ import structlog
 from proxy import __version__
 from proxy.app import create_app
 from proxy.keys import SHUTTING_DOWN
-from proxy.numbers import whole_number
 from proxy.servers import start, stopped
-from proxy.settings import ConfigError, Settings
+from proxy.settings import ConfigError, Settings, whole_number
 
 log = structlog.get_logger("proxy")
 # Set in the environment of each worker: how many workers share the port and the token cap.

@@ -5,25 +5,29 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 import ssl
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from functools import partial
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from yarl import URL
 
-from proxy.credentials import ClientSecret, Secret, readable_by_others
-from proxy.environments import load_environments
-from proxy.numbers import whole_number
+from proxy.credentials import ClientSecret, Secret
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Parser = Callable[[object], Any]
 T = TypeVar("T")
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+MAX_DIGITS = 18  # fits in 64 bits; int() refuses numbers of more than 4,300 digits anyway
+ENVIRONMENTS = "environments.toml"  # config/ in the source tree, inside the wheel's package
 
 
 class ConfigError(Exception):
@@ -57,6 +61,14 @@ def is_auth_host(host: str) -> bool:
 
 # Parsers: each takes a flag/environment string or a TOML value and raises ValueError (a list:
 # an ExceptionGroup of one ValueError for each bad item).
+
+
+def whole_number(text: str) -> int | None:
+    """The number `text` spells in ASCII digits, or None: int() also reads other scripts' digits
+    ('١٢' is 12), and '²' passes str.isdigit() but fails int()."""
+    if not (text.isascii() and text.isdigit()) or len(text.lstrip("0")) > MAX_DIGITS:
+        return None
+    return int(text)
 
 
 def _text(value: object) -> str:
@@ -469,6 +481,23 @@ def load_settings(flags: Mapping[str, object], environ: Mapping[str, str]) -> Se
     return Settings(**values, warnings=tuple(warnings))
 
 
+@dataclass(frozen=True)
+class Environment:
+    token_url: str
+    api_base_url: str | None
+
+
+def load_environments() -> dict[str, Environment]:
+    """The table of AgentSync environments as installed in the package, or from config/."""
+    table: Traversable = resources.files("proxy") / ENVIRONMENTS
+    if not table.is_file():
+        table = Path(__file__).resolve().parent.parent / "config" / ENVIRONMENTS
+    rows = tomllib.loads(table.read_text(encoding="utf-8"))
+    return {
+        name: Environment(row["token_url"], row.get("api_base_url")) for name, row in rows.items()
+    }
+
+
 def _complete(values: dict[str, Any], sources: Mapping[str, str], problems: list[str]) -> list[str]:
     """Fill in the environment table and the fields made of several inputs, check what depends on
     more than one setting (`sources` names where a value with a problem came from); the warnings."""
@@ -502,7 +531,7 @@ def _complete(values: dict[str, Any], sources: Mapping[str, str], problems: list
         try:
             if not secret_file.read_text(encoding="utf-8").strip():
                 problems.append(f"{label}: {secret_file} is empty")
-            elif readable_by_others(secret_file):
+            elif os.stat(secret_file).st_mode & (stat.S_IRGRP | stat.S_IROTH):
                 warnings.append(f"{label}: {secret_file} is readable by other users (chmod 600 it)")
         except OSError as exc:
             problems.append(f"{label}: cannot read {secret_file} ({exc.strerror})")
