@@ -12,7 +12,7 @@ from multidict import CIMultiDictProxy
 
 from proxy import links
 from proxy.access import Exchange
-from proxy.errors import upstream_broke_off
+from proxy.errors import UpstreamUnreachable
 from proxy.forwarding import HOP_BY_HOP, SMALL_BODY, dropped
 
 log = structlog.get_logger("proxy.answers")
@@ -118,8 +118,10 @@ async def _read(upstream: aiohttp.ClientResponse, limit: int | None = None) -> b
             parts.append(chunk)
             size += len(chunk)
         return b"".join(parts)
-    except BODY_BROKE_OFF:
-        raise upstream_broke_off() from None
+    except BODY_BROKE_OFF:  # before anything of the answer was sent to the client
+        raise UpstreamUnreachable(
+            "the API broke off its answer; retry, and check the API's health if it persists"
+        ) from None
 
 
 async def _rewritten(

@@ -81,8 +81,7 @@ class RateLimited(ProxyError, status=429, code="rate_limited"):
 
 
 def upstream_failure(exc: BaseException, upstream: str) -> ProxyError:
-    """Map a failure of the upstream exchange before its answer's headers (an aiohttp
-    ClientError, or a timeout) to its gateway error."""
+    """The gateway error for an aiohttp ClientError or a timeout before the answer's headers."""
     if isinstance(exc, TimeoutError):  # aiohttp's connect and read timeouts are TimeoutErrors
         return UpstreamTimeout(
             f"{upstream} did not answer in time; raise --upstream-timeout if the call is slow"
@@ -90,13 +89,6 @@ def upstream_failure(exc: BaseException, upstream: str) -> ProxyError:
     reason = type(exc).__name__
     return UpstreamUnreachable(
         f"{upstream} could not be reached ({reason}); check --api-base-url and the network"
-    )
-
-
-def upstream_broke_off() -> ProxyError:
-    """An answer that broke off before anything of it was sent to the client."""
-    return UpstreamUnreachable(
-        "the API broke off its answer; retry, and check the API's health if it persists"
     )
 
 
