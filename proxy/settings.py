@@ -27,6 +27,7 @@ Parser = Callable[[object], Any]
 T = TypeVar("T")
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 MAX_DIGITS = 18  # fits in 64 bits; int() refuses numbers of more than 4,300 digits anyway
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://|//")  # in u:p@host, u: is no scheme
 ENVIRONMENTS = "environments.toml"  # config/ in the source tree, inside the wheel's package
 
 
@@ -59,10 +60,6 @@ def is_auth_host(host: str) -> bool:
     return host.rstrip(".").lower().startswith("auth.")
 
 
-# Parsers: each takes a flag/environment string or a TOML value and raises ValueError (a list:
-# an ExceptionGroup of one ValueError for each bad item).
-
-
 def whole_number(text: str) -> int | None:
     """The number `text` spells in ASCII digits, or None: int() also reads other scripts' digits
     ('١٢' is 12), and '²' passes str.isdigit() but fails int()."""
@@ -71,6 +68,8 @@ def whole_number(text: str) -> int | None:
     return int(text)
 
 
+# Parsers: each takes a flag/environment string or a TOML value and raises ValueError (a list:
+# an ExceptionGroup of one ValueError for each bad item).
 def _text(value: object) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError(f"expected text, got {type(value).__name__}")
@@ -104,9 +103,6 @@ def _seconds(value: object, *, allow_zero: bool = False) -> float:
     return number
 
 
-_seconds_or_zero = partial(_seconds, allow_zero=True)
-
-
 def _count(value: object) -> int:
     text = _text(value).replace("_", "")
     number = whole_number(text)
@@ -138,6 +134,7 @@ def _bool(value: object, *, words: str = "true or false") -> bool:
     raise ValueError(f"{value!r} is not {words}")
 
 
+_seconds_or_zero = partial(_seconds, allow_zero=True)
 _on_off = partial(_bool, words="on or off")
 
 
@@ -173,9 +170,6 @@ def _masked(text: str) -> str:
         return text
     scheme = _SCHEME.match(text)
     return f"{scheme.group(0) if scheme else ''}***@{text.rpartition('@')[2]}"
-
-
-_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://|//")  # in u:p@host, u: is no scheme
 
 
 def _with_scheme(text: str, *schemes: str) -> URL | None:
