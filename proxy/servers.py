@@ -63,15 +63,14 @@ async def start(
     await runner.setup()
     try:
         await web.TCPSite(runner, listen.host, listen.port, **site_options).start()
-    except OSError as exc:
+    except BaseException as exc:
         await runner.cleanup()
+        if not isinstance(exc, OSError):
+            raise
         reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
         if exc.errno == errno.EADDRINUSE:
             reason += "; another process listens there: stop it, or choose another address"
         raise ConfigError([f"{flag} {listen}: {reason}"]) from None
-    except BaseException:
-        await runner.cleanup()
-        raise
     return runner, int(runner.addresses[0][1])
 
 
