@@ -119,8 +119,7 @@ class CapturedBody:
         return chunk
 
     async def _spool(self, chunk: bytes) -> None:
-        """Write the chunk to the file (from a worker thread, the loop going on); only then does
-        it count as kept."""
+        """Write the chunk to the file from a worker thread; only then does it count as kept."""
         if self._file is None:
             file = tempfile.TemporaryFile(buffering=0)  # noqa: SIM115 - closed by close()
             try:

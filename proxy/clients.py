@@ -35,8 +35,7 @@ def env_proxy(url: str) -> str | None:
 
 
 def upstream_session(settings: Settings) -> aiohttp.ClientSession:
-    """Must be created inside the running event loop. Answers pass through as they are (not
-    decompressed), cookies are not kept, and nothing times out a long answer that keeps
+    """Must be created inside the running event loop. Nothing times out a long answer that keeps
     flowing: only no connection within --connect-timeout, or no byte for --upstream-timeout."""
     connector = aiohttp.TCPConnector(
         limit=settings.max_connections,

@@ -79,8 +79,7 @@ class Policy:
 
 
 def _answered_here(request: web.Request, error: ProxyError | None = None) -> web.Response:
-    """A refusal, or a CORS preflight's answer: logged and counted like every request, never
-    forwarded."""
+    """A refusal, or a CORS preflight's answer: never forwarded, logged and counted."""
     exchange = Exchange.of(request)
     if error is None:
         headers = {"Access-Control-Allow-Methods": METHODS, "Access-Control-Max-Age": "600"}
