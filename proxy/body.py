@@ -129,8 +129,8 @@ class CapturedBody:
                 raise
             # Only now: until the file holds them, the bytes kept so far are read from memory.
             self._file, self._memory = file, bytearray()
-            if self._closing and not self._jobs:
-                self._close_file()
+            self._close_if_unused()
+            if self._file is None:  # closed while it was being made
                 return
         await self._in_thread(self._file.write, chunk)
         self.size += len(chunk)
@@ -143,8 +143,7 @@ class CapturedBody:
 
     def _job_ended(self, job: asyncio.Future[Any]) -> None:
         self._jobs.discard(job)
-        if self._closing and not self._jobs:
-            self._close_file()
+        self._close_if_unused()
 
     async def close(self) -> None:
         """Free the memory and the file (its bytes gone from disk) once no thread uses it."""
@@ -152,12 +151,11 @@ class CapturedBody:
         self._closing = True
         if self._jobs:
             await asyncio.wait(set(self._jobs))  # if cancelled, the last job closes the file
-        if not self._jobs:
-            self._close_file()
+        self._close_if_unused()
 
-    def _close_file(self) -> None:
-        file, self._file = self._file, None
-        if file is not None:
+    def _close_if_unused(self) -> None:
+        if self._closing and not self._jobs and self._file is not None:
+            file, self._file = self._file, None
             file.close()
 
 
