@@ -294,8 +294,7 @@ def _pacing(value: object) -> tuple[str, int | None]:
 
 @dataclass(frozen=True)
 class Option:
-    """One input: the flag --NAME (unless `flag` is false), an environment variable and, for a
-    flag, the key NAME of the TOML file."""
+    """One input: its environment variable and, unless `flag` is false, --NAME and TOML key NAME."""
 
     name: str
     env: str
@@ -315,8 +314,7 @@ class Option:
 
 
 def setting(default: Any, parse: Parser, metavar: str | None = None, env: str = "") -> Any:
-    """A field of Settings that is an Option too; its variable is AGENTSYNC_PROXY_NAME unless
-    `env` names another, its help is HELP's."""
+    """A Settings field that is an Option too, read from AGENTSYNC_PROXY_NAME unless `env`."""
     return field(default=default, metadata={"parse": parse, "metavar": metavar, "env": env})
 
 

@@ -23,9 +23,8 @@ RETRY_AFTER_CAP = 120.0
 # Numbers from the token endpoint are ASCII digits only: str.isdigit() also accepts "²", which
 # float() refuses, and "٣", which float() reads as 3.
 _ASCII_DIGITS = re.compile(r"[0-9]+")
-# A token the Authorization header can carry: visible ASCII. One with a control character (CR,
-# LF, NUL) or a non-ASCII character cannot be sent and would fail every request; a bearer token
-# never holds a space either (RFC 6750's b64token).
+# A token the Authorization header can carry: visible ASCII, no space (RFC 6750's b64token). One
+# with a control (CR, LF, NUL) or non-ASCII character cannot be sent and would fail every request.
 _HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
 
 

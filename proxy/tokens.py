@@ -281,8 +281,7 @@ class TokenSource:
         return self._pause(state.outcome.exception() if state.outcome else None)
 
     def _pause(self, error: BaseException | None) -> float:
-        """The pause before the next token request: the backoff for the requests failed so far
-        in this outage, or longer when the token endpoint asked for it (Retry-After)."""
+        """The pause before the next token request: the backoff, or a longer Retry-After."""
         failed = max(1, self._unavailable_in_a_row)
         delay = backoff(failed, self.backoff_initial, self.backoff_ceiling)
         retry_after = error.retry_after if isinstance(error, TokenUnavailable) else None
