@@ -55,9 +55,8 @@ async def relay(
     exchange: Exchange,
     rewriter: links.LinkRewriter | None,
 ) -> web.StreamResponse:
-    """Stream the upstream's answer to the client, counting the body bytes sent; a JSON answer,
-    with a `rewriter`, is read whole and its links pointed at the proxy. An upstream body that
-    breaks off aborts the client's connection, so that a cut answer never looks complete."""
+    """Stream the upstream's answer, counting body bytes; a JSON one, with a `rewriter`, is read
+    whole and its links rewritten. A cut body aborts the connection: it never looks complete."""
     has_body = request.method != "HEAD" and upstream.status not in (204, 304)
     length = upstream.content_length
     head: bytes = b""

@@ -45,9 +45,8 @@ def request_headers(
     *,
     decodable_only: bool = False,
 ) -> list[tuple[str, str]]:
-    """The client's end-to-end headers, without Authorization; the token is added per send.
-    With `decodable_only`, Accept-Encoding keeps only the codings whose answers the proxy can
-    decode (an answer in br could not have its links rewritten)."""
+    """The client's end-to-end headers, without Authorization (added per send). With
+    `decodable_only`, Accept-Encoding keeps only codings whose links the proxy can rewrite."""
     drop = dropped(incoming, _REQUEST_DROPPED)
     headers = [(name, value) for name, value in incoming.items() if name.lower() not in drop]
     if decodable_only and "Accept-Encoding" in incoming:

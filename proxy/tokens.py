@@ -35,8 +35,7 @@ class TokenFetcher(Protocol):
 
 @runtime_checkable
 class RejectionAware(Protocol):
-    """A fetcher that wants to know which token the upstream refused (a fleet's shared one is
-    evicted only if it is still that token)."""
+    """A fetcher told which token the upstream refused: a fleet evicts only that shared token."""
 
     def rejected(self, token: Token) -> None: ...
 
@@ -229,10 +228,9 @@ class TokenSource:
         return token
 
     async def _fetch_with_retries(self) -> Token:
-        # The first failure of a token request gets a few quick retries. Once they have failed
-        # too, each later round is one request, and the pause before it keeps growing until a
-        # request succeeds (see _pause). A round also ends rather than make the requests waiting
-        # for it wait past --token-timeout (a long Retry-After): they get the 503 at once.
+        # A first failure gets a few quick retries; after those, each round is one request, its
+        # pause growing until one succeeds (see _pause). A round also ends rather than make its
+        # waiters wait past --token-timeout (a long Retry-After): they get the 503 at once.
         attempts = self.max_attempts if self._unavailable_in_a_row == 0 else 1
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TokenUnavailable)
