@@ -191,8 +191,8 @@ class LinkRewriter:
         spelled = escapes and _UNICODE_ESCAPE.search(body) is not None
         if not spelled and not self._mentions_a_host(body):
             return body, None
-        if not _valid_json(body):
-            return body, "not valid JSON"
+        if (problem := _json_problem(body)) is not None:
+            return body, problem
         # Valid JSON from here on, which the search for strings relies on.
         plain_origin = msgspec.json.encode(proxy_origin)[1:-1]
         if not escapes:
@@ -267,14 +267,17 @@ def is_json(content_type: str | None) -> bool:
     return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
-def _valid_json(body: bytes) -> bool:
+def _json_problem(body: bytes) -> str | None:
+    """Why the body cannot be rewritten as JSON, or None if it is valid JSON."""
     try:
         _SYNTAX.decode(body)
         if not body.isascii():
             body.decode()  # UTF-8, strictly: no surrogates, no overlong forms
     except (msgspec.DecodeError, UnicodeDecodeError):
-        return False
-    return True
+        return "not valid JSON"
+    except RecursionError:  # msgspec checks nesting on the interpreter's stack
+        return "JSON nested too deeply to be checked"
+    return None
 
 
 def weak_etag(etag: str) -> str:

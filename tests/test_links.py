@@ -419,6 +419,17 @@ def test_invalid_json_passes_unchanged_with_a_reason() -> None:
         assert (result.body, result.changed, result.skipped) == (body, False, "not valid JSON")
 
 
+def test_json_nested_too_deeply_to_check_passes_unchanged_with_a_reason() -> None:
+    link = b'"https://api.example.com/api/x"'
+    for depth in (2_000, 100_000):
+        body = b"[" * depth + link + b"]" * depth
+        result = rewriter.answer(body, None, PROXY)
+        assert (result.body, result.changed) == (body, False)
+        assert result.skipped == "JSON nested too deeply to be checked"
+    shallow = b"[" * 100 + link + b"]" * 100
+    assert rewriter.answer(shallow, None, PROXY).changed
+
+
 @pytest.mark.parametrize("coding", ["br", "zstd", "gzip, gzip", "compress"])
 def test_answers_in_other_encodings_pass_unchanged_with_a_reason(coding: str) -> None:
     result = rewriter.answer(BODY, coding, PROXY)
