@@ -30,11 +30,18 @@ def redact(_: Any, __: str, event: EventDict) -> EventDict:
     return event
 
 
-def _json_line(event: EventDict, **options: Any) -> bytes:
+def _json_line(event: EventDict, **_: Any) -> bytes:
     try:
-        return msgspec.json.encode(event, enc_hook=options.get("default"))
-    except (TypeError, msgspec.EncodeError):  # the standard library writes anything
-        return json.dumps(event, default=repr).encode()
+        return msgspec.json.encode(event, enc_hook=_as_text)
+    # Text that is not Unicode (a header's byte aiohttp kept as a lone surrogate), say: the
+    # standard library writes anything.
+    except (TypeError, ValueError, msgspec.EncodeError):
+        return json.dumps(event, default=_as_text).encode()
+
+
+def _as_text(value: object) -> str:
+    """What JSON has no type for: a str subclass (multidict's istr) as its text, else its repr."""
+    return str(value) if isinstance(value, str) else repr(value)
 
 
 def malformed_requests(record: logging.LogRecord) -> bool:

@@ -10,8 +10,11 @@ from typing import Any
 
 import pytest
 import structlog
+from multidict import istr
 
 from proxy import logs
+from tests.conftest import ProxyFactory
+from tests.rawhttp import raw_request
 
 
 @pytest.mark.parametrize(
@@ -75,3 +78,27 @@ def test_a_value_json_cannot_hold_natively_is_still_one_json_line(
         10**30,
         "(1+2j)",
     )
+
+
+def test_text_that_is_not_unicode_and_str_subclasses_are_still_one_json_line(
+    capsys: pytest.CaptureFixture[str], restore_logging: None
+) -> None:
+    logs.configure("json", "info")
+    # aiohttp reads a header's bytes with surrogateescape: \xff becomes a lone surrogate.
+    structlog.get_logger("proxy").info("request", request_id="ab\udcff", header=istr("X-Id"))
+    [line] = capsys.readouterr().err.splitlines()
+    event = json.loads(line)
+    assert (event["request_id"], event["header"]) == ("ab\udcff", "X-Id")
+
+
+async def test_a_request_id_that_is_not_utf8_gets_its_answer_and_access_line(
+    make_proxy: ProxyFactory, capsys: pytest.CaptureFixture[str], restore_logging: None
+) -> None:
+    proxy = await make_proxy()
+    logs.configure("json", "info")
+    head = b"GET /v1/x HTTP/1.1\r\nHost: evil.example\r\nX-Request-Id: ab\xff\r\n\r\n"
+    answer = await raw_request(proxy.port, head)
+    assert (answer.status, json.loads(answer.body)["error"]) == (403, "host_not_allowed")
+    events = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    [line] = [event for event in events if event["event"] == "request"]
+    assert (line["request_id"], line["status"]) == ("ab\udcff", 403)
