@@ -165,11 +165,12 @@ def _network(item: str) -> IPNetwork:
 
 
 def _masked(text: str) -> str:
-    """A URL fit to show in a message: whatever stands before an @ may be a password."""
-    if "@" not in text:
-        return text
-    scheme = _SCHEME.match(text)
-    return f"{scheme.group(0) if scheme else ''}***@{text.rpartition('@')[2]}"
+    """A URL fit to show in a message: what stands before an @, or in a query (redis-py reads
+    ?password=), may be a password."""
+    if "@" in text:
+        scheme = _SCHEME.match(text)
+        text = f"{scheme.group(0) if scheme else ''}***@{text.rpartition('@')[2]}"
+    return text.partition("?")[0]
 
 
 def _with_scheme(text: str, *schemes: str) -> URL | None:

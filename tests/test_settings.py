@@ -444,14 +444,27 @@ def test_a_redis_url_is_kept_secret_and_checked() -> None:
     assert "hunter2" not in repr(settings)
     [problem] = problems({"redis_url": "http://:hunter2@redis.internal"}, BASE_ENV)
     assert problem.startswith("--redis-url: 'http://***@redis.internal' is not a redis://")
+    for url in ("http://redis.internal/0?password=hunter2", "http://u:hun?ter2@redis.internal"):
+        [problem] = problems({"redis_url": url}, BASE_ENV)
+        assert "hunter2" not in problem and "hun" not in problem
 
 
-@pytest.mark.parametrize("path", ["/one", "/0/1", "/-1", "/1234567890123456789", "/?db=2"])
-def test_a_redis_url_names_a_database_by_number_or_not_at_all(path: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "shown"),
+    [
+        ("/one", "/one"),
+        ("/0/1", "/0/1"),
+        ("/-1", "/-1"),
+        ("/1234567890123456789", "/1234567890123456789"),
+        ("/?db=2", "/"),
+        ("/0?password=hunter3", "/0"),  # redis-py would read a password there: never shown
+    ],
+)
+def test_a_redis_url_names_a_database_by_number_or_not_at_all(path: str, shown: str) -> None:
     url = f"redis://:hunter2@redis.internal{path}"
     [problem] = problems({"redis_url": url}, BASE_ENV)
     assert problem == (
-        f"--redis-url: 'redis://***@redis.internal{path}': the path is a database number"
+        f"--redis-url: 'redis://***@redis.internal{shown}': the path is a database number"
         " (redis://host:6379/0) or nothing, and there is no query"
     )
     for good in ("redis://redis.internal", "redis://redis.internal/", "redis://h/15"):
