@@ -33,9 +33,7 @@ def redact(_: Any, __: str, event: EventDict) -> EventDict:
 def _json_line(event: EventDict, **_: Any) -> bytes:
     try:
         return msgspec.json.encode(event, enc_hook=_as_text)
-    # Text that is not Unicode (a header's byte aiohttp kept as a lone surrogate), say: the
-    # standard library writes anything.
-    except (TypeError, ValueError, msgspec.EncodeError):
+    except (TypeError, ValueError, msgspec.EncodeError):  # a lone surrogate: json writes it
         return json.dumps(event, default=_as_text).encode()
 
 

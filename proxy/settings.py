@@ -268,16 +268,11 @@ def _redis_url(value: object) -> Secret:
     """redis:// or rediss://; kept as a Secret, since it may hold a password."""
     text = _nonempty(value)
     url = _with_scheme(text, "redis", "rediss")
-    if url is None:
+    db = "" if url is None else url.raw_path.strip("/")
+    if url is None or (db and whole_number(db) is None) or url.raw_query_string or "?" in text:
         raise ValueError(
-            f"{_masked(text)!r} is not a redis:// or rediss:// URL (for example"
-            " rediss://redis.internal:6380/0)"
-        )
-    db = url.raw_path.strip("/")
-    if (db and whole_number(db) is None) or url.raw_query_string or text.endswith("?"):
-        raise ValueError(
-            f"{_masked(text)!r}: the path is a database number (redis://host:6379/0) or nothing,"
-            " and there is no query"
+            f"{_masked(text)!r} is not a redis:// or rediss:// URL with a database number or"
+            " nothing as its path, and no query (for example rediss://redis.internal:6380/0)"
         )
     return Secret(text)
 

@@ -464,8 +464,9 @@ def test_a_redis_url_names_a_database_by_number_or_not_at_all(path: str, shown: 
     url = f"redis://:hunter2@redis.internal{path}"
     [problem] = problems({"redis_url": url}, BASE_ENV)
     assert problem == (
-        f"--redis-url: 'redis://***@redis.internal{shown}': the path is a database number"
-        " (redis://host:6379/0) or nothing, and there is no query"
+        f"--redis-url: 'redis://***@redis.internal{shown}' is not a redis:// or rediss:// URL"
+        " with a database number or nothing as its path, and no query (for example"
+        " rediss://redis.internal:6380/0)"
     )
     for good in ("redis://redis.internal", "redis://redis.internal/", "redis://h/15"):
         assert load_settings({"redis_url": good}, BASE_ENV).redis_url is not None
