@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +14,8 @@ import structlog
 from multidict import istr
 
 from proxy import logs
-from tests.conftest import ProxyFactory
+from proxy.servers import RunningSimulator
+from tests.cli_process import serve, simulator_env
 from tests.rawhttp import raw_request
 
 
@@ -92,13 +94,14 @@ def test_text_that_is_not_unicode_and_str_subclasses_are_still_one_json_line(
 
 
 async def test_a_request_id_that_is_not_utf8_gets_its_answer_and_access_line(
-    make_proxy: ProxyFactory, capsys: pytest.CaptureFixture[str], restore_logging: None
+    agentsync_simulator: RunningSimulator, unused_tcp_port: int
 ) -> None:
-    proxy = await make_proxy()
-    logs.configure("json", "info")
-    head = b"GET /v1/x HTTP/1.1\r\nHost: evil.example\r\nX-Request-Id: ab\xff\r\n\r\n"
-    answer = await raw_request(proxy.port, head)
-    assert (answer.status, json.loads(answer.body)["error"]) == (403, "host_not_allowed")
-    events = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    async with serve(simulator_env(agentsync_simulator), unused_tcp_port) as proxy:
+        head = b"GET /v1/x HTTP/1.1\r\nHost: evil.example\r\nX-Request-Id: ab\xff\r\n\r\n"
+        answer = await raw_request(proxy.port, head)
+        assert (answer.status, json.loads(answer.body)["error"]) == (403, "host_not_allowed")
+        proxy.process.send_signal(signal.SIGTERM)
+        _, err = await proxy.process.communicate()
+    events = [json.loads(line) for line in err.decode().splitlines()]
     [line] = [event for event in events if event["event"] == "request"]
     assert (line["request_id"], line["status"]) == ("ab\udcff", 403)
