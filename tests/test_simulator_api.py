@@ -6,15 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from aiohttp import ClientResponse, web
-from aiohttp.test_utils import TestClient
+from aiohttp import ClientResponse
 from pytest_aiohttp import AiohttpClient
 from yarl import URL
 
-from proxy.simulator import SimulatorConfig, create_app
-from tests.clocks import FakeClock
+from proxy.simulator import SimulatorConfig
+from tests.clocks import Client, FakeClock, start
 
-Client = TestClient[web.Request, web.Application]
 CARRIERS = "/contracting/v1/customers/carriers"
 PRODUCTS = "/contracting/v1/customers/products"
 RATE_HEADERS = ("ratelimit-limit", "ratelimit-remaining", "ratelimit-reset")
@@ -26,14 +24,6 @@ NEW_PRODUCT = {
     "productType": "COMMERCIAL_LIABILITY",
     "states": ["MI", "OH"],
 }
-
-
-async def start(
-    aiohttp_client: AiohttpClient,
-    config: SimulatorConfig | None = None,
-    clock: FakeClock | None = None,
-) -> Client:
-    return await aiohttp_client(create_app(config or SimulatorConfig(), clock or FakeClock()))
 
 
 async def bearer(client: Client, scope: str | None = None) -> dict[str, str]:

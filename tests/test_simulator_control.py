@@ -14,29 +14,18 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
 from proxy.simulator import SIMULATOR_STATE, SimulatorConfig, create_app
 from tests.cli_process import demo_process, run_cli
-from tests.clocks import FakeClock
+from tests.clocks import Client, FakeClock, start
 
-Client = TestClient[web.Request, web.Application]
 FORM = {
     "grant_type": "client_credentials",
     "client_id": "demo-client",
     "client_secret": "demo-secret",
 }
 ENTITY = "/v2/entities/17345829"
-
-
-async def start(
-    aiohttp_client: AiohttpClient,
-    clock: FakeClock | None = None,
-    config: SimulatorConfig | None = None,
-) -> Client:
-    return await aiohttp_client(create_app(config or SimulatorConfig(), clock or FakeClock()))
 
 
 async def bearer(client: Client) -> dict[str, str]:
@@ -66,7 +55,7 @@ async def test_config_lifetime_applies_to_tokens_issued_afterwards(
     aiohttp_client: AiohttpClient,
 ) -> None:
     clock = FakeClock()
-    client = await start(aiohttp_client, clock)
+    client = await start(aiohttp_client, clock=clock)
     old = await bearer(client)
     response = await client.post("/_simulator/config", json={"token_lifetime": 30})
     assert response.status == 200

@@ -5,31 +5,13 @@ from __future__ import annotations
 import base64
 from urllib.parse import quote_plus
 
-from aiohttp import web
-from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
-from proxy.simulator import SimulatorConfig, create_app
+from proxy.simulator import SimulatorConfig
+from tests.clocks import FakeClock, start
 
-Client = TestClient[web.Request, web.Application]
 CREDENTIALS = {"client_id": "demo-client", "client_secret": "demo-secret"}
 FORM = {"grant_type": "client_credentials", **CREDENTIALS}
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-async def start(
-    aiohttp_client: AiohttpClient,
-    config: SimulatorConfig | None = None,
-    clock: FakeClock | None = None,
-) -> Client:
-    return await aiohttp_client(create_app(config or SimulatorConfig(), clock or FakeClock()))
 
 
 def basic(client_id: str, client_secret: str) -> str:
