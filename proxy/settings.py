@@ -269,7 +269,7 @@ def _redis_url(value: object) -> Secret:
     text = _nonempty(value)
     url = _with_scheme(text, "redis", "rediss")
     db = "" if url is None else url.raw_path.strip("/")
-    if url is None or (db and whole_number(db) is None) or url.raw_query_string or "?" in text:
+    if url is None or (db and whole_number(db) is None) or "?" in text:
         raise ValueError(
             f"{_masked(text)!r} is not a redis:// or rediss:// URL with a database number or"
             " nothing as its path, and no query (for example rediss://redis.internal:6380/0)"
