@@ -36,7 +36,9 @@ class CapturedBody:
         self._threshold = threshold
         self._memory = bytearray()
         self._file: IO[bytes] | None = None
-        self._writing: asyncio.Future[None] | None = None  # a chunk on its way to the file
+        # The last chunk on its way to the file, and the one before it, if any.
+        self._writing: asyncio.Future[None] | None = None
+        self._previous: asyncio.Future[None] | None = None
         self._jobs: set[asyncio.Future[Any]] = set()  # worker threads using the file
         self._turn = asyncio.Lock()
         self._closing = False
@@ -50,7 +52,7 @@ class CapturedBody:
         async with self._turn:
             while self._stream is not None:
                 await self._read()
-            await self._written()
+            await self._written(self._writing)
 
     def payload(self) -> bytes | AsyncIterator[bytes]:
         """The body to send; may be called again for a replay, also before the body's end."""
@@ -65,10 +67,11 @@ class CapturedBody:
                 chunk = await self._kept(sent)
             else:
                 async with self._turn:
-                    await self._written()  # the chunk read last is kept now: `size` counts it
-                    if sent < self.size:
-                        continue
-                    if self._stream is None:
+                    if sent < self.received or self._stream is None:
+                        # The last chunks read are on their way to the file.
+                        await self._written(self._writing)
+                        if sent < self.size:
+                            continue
                         return
                     # Sent as it was read, while a worker thread writes it to the file.
                     chunk = await self._read()
@@ -81,11 +84,12 @@ class CapturedBody:
         size = min(CHUNK, self.size - offset)  # not into a chunk still being written
         return await self._in_thread(os.pread, self._file.fileno(), size, offset)
 
-    async def _written(self) -> None:
-        """Wait for the chunk on its way to the file, if any; a failed write fails here."""
-        if self._writing is not None:
+    async def _written(self, writing: asyncio.Future[None] | None) -> None:
+        """Wait for the write of `writing` (and those before it), if any; a failed write fails
+        here."""
+        if writing is not None:
             try:
-                await asyncio.shield(self._writing)
+                await asyncio.shield(writing)
             except Exception as exc:  # the disk full: the request cannot be kept for a replay
                 self.failure = exc
                 raise
@@ -93,7 +97,9 @@ class CapturedBody:
     async def _read(self) -> bytes:
         """The client's next bytes (b"" at the end): in memory, or on their way to the file."""
         assert self._stream is not None
-        await self._written()
+        # The chunk read before the last one is on the disk before the next is read: the last
+        # one is written while the next is read and sent, and no more than two wait in memory.
+        await self._written(self._previous)
         try:
             async with asyncio.timeout(self._timeout):
                 chunk = await self._stream.read(CHUNK)
@@ -114,12 +120,21 @@ class CapturedBody:
         elif self._file is None and self.received <= self._threshold:
             self._memory += chunk
             self.size += len(chunk)
-        else:
-            self._writing = asyncio.ensure_future(self._spool(chunk))
+        else:  # at once, with no await between: a cancelled reader loses no byte
+            self._previous = self._writing
+            self._writing = asyncio.ensure_future(self._spool(chunk, self._previous))
+            # A failed write is told to whoever waits for it; one that nobody waited for (the
+            # request over) is no error.
+            self._writing.add_done_callback(_retrieved)
         return chunk
 
-    async def _spool(self, chunk: bytes) -> None:
-        """Write the chunk to the file from a worker thread; only then does it count as kept."""
+    async def _spool(self, chunk: bytes, previous: asyncio.Future[None] | None) -> None:
+        """Write the chunk to the file from a worker thread, after the chunks before it; only
+        then does it count as kept."""
+        if previous is not None:
+            await asyncio.shield(previous)
+        if self._closing:
+            return
         if self._file is None:
             file = tempfile.TemporaryFile(buffering=0)  # noqa: SIM115 - closed by close()
             try:
@@ -157,6 +172,11 @@ class CapturedBody:
         if self._closing and not self._jobs and self._file is not None:
             file, self._file = self._file, None
             file.close()
+
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def too_large_description(max_size: int) -> str:
