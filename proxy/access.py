@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import structlog
@@ -13,6 +15,9 @@ from aiohttp import web
 from proxy.metrics import Metrics
 
 log = structlog.get_logger("proxy.access")
+# A finished request's access line and metrics wait at most this long (seconds) for a moment in
+# which the proxy would only wait: the next request's round trip to the upstream.
+WRITE_WITHIN = 0.005
 _QUERY_VALUE = re.compile(r"=[^&]*")
 # The Contracting API's scopes by method, from AgentSync's public docs.
 CONTRACTING_SCOPES = {
@@ -94,3 +99,43 @@ class Exchange:
                 " to AGENTSYNC_SCOPE (--scope), if it is granted to the client, and restart"
             ),
         )
+
+
+class AccessLog:
+    """Finished requests, waiting for their access line and metrics. These are written while
+    the next request is away at the upstream (`write_soon`), before metrics are scraped, at
+    shutdown, or WRITE_WITHIN after the request at the latest: at one connection, writing them
+    as each answer leaves would delay the next request by as much."""
+
+    def __init__(self, metrics: Metrics, log_query: bool) -> None:
+        self.metrics = metrics
+        self._log_query = log_query
+        self._waiting: deque[Exchange] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._written = asyncio.Event()
+        self._written.set()
+
+    def add(self, exchange: Exchange) -> None:
+        """A request whose answer has left (or failed); it counts as in flight until written."""
+        if not self._waiting:
+            self._timer = asyncio.get_running_loop().call_later(WRITE_WITHIN, self.write)
+            self._written.clear()
+        self._waiting.append(exchange)
+
+    def write_soon(self) -> None:
+        """Write the waiting lines once the running task waits (for the upstream)."""
+        if self._waiting:
+            asyncio.get_running_loop().call_soon(self.write)
+
+    def write(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._waiting:
+            self.metrics.in_flight -= 1
+            self._waiting.popleft().finish(self.metrics, self._log_query)
+        self._written.set()
+
+    async def written(self) -> None:
+        """Return once every finished request's line is written."""
+        await self._written.wait()

@@ -14,10 +14,20 @@ import structlog
 from aiohttp import web
 
 from proxy import answers, clients, forwarding, guard, operations
-from proxy.access import Exchange
+from proxy.access import AccessLog, Exchange
 from proxy.body import CapturedBody, too_large_description
 from proxy.errors import ProxyError, RequestTooLarge, error_response, upstream_failure
-from proxy.keys import CLIENT, LINKS, METRICS, PACER, SETTINGS, SHUTTING_DOWN, TOKENS, UPSTREAM
+from proxy.keys import (
+    ACCESS_LOG,
+    CLIENT,
+    LINKS,
+    METRICS,
+    PACER,
+    SETTINGS,
+    SHUTTING_DOWN,
+    TOKENS,
+    UPSTREAM,
+)
 from proxy.links import LinkRewriter
 from proxy.metrics import Metrics
 from proxy.pacing import Mode, Pacer
@@ -41,6 +51,7 @@ def create_app(
     app[LINKS] = LinkRewriter.for_upstream(settings.api_base_url, origins)
     app[SHUTTING_DOWN] = asyncio.Event()
     app[METRICS] = metrics = Metrics()
+    app[ACCESS_LOG] = access_log = AccessLog(metrics, settings.log_query)
     mode: Mode = "off" if settings.pacing == "off" else settings.api_requests_per_minute or "auto"
     app[PACER] = pacer = Pacer.for_mode(mode, settings.rate_limit_wait)
     pacer.observer = metrics
@@ -79,6 +90,7 @@ def create_app(
             closing.push_async_callback(upstream.close)
             closing.push_async_callback(tokens.close)
             closing.push_async_callback(asyncio.wait, (refresher,))
+            closing.callback(access_log.write)  # the lines of the last requests
             closing.callback(refresher.cancel)  # the first to run
             yield
 
@@ -101,8 +113,8 @@ async def forward(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings = app[SETTINGS]
     exchange = Exchange.of(request)
-    metrics = app[METRICS]
-    metrics.in_flight += 1
+    access_log = app[ACCESS_LOG]
+    access_log.metrics.in_flight += 1
     body: CapturedBody | None = None
     try:
         upstream = app[UPSTREAM]
@@ -131,6 +143,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
         sent_at = time.perf_counter()
         try:
             send = partial(forwarding.send, app[CLIENT], request.method, url, headers, body)
+            access_log.write_soon()  # while this request is away
             answer = await send_with_replay(send, app[TOKENS], app[PACER], exchange)
         except (aiohttp.ClientError, TimeoutError) as exc:
             if body is not None and body.failure is not None:
@@ -174,11 +187,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
             exchange.bytes_in = body.received
             await body.close()
         # The access line and the metrics wait for the answer to leave (the handler returns it
-        # to aiohttp, which sends it): they are not part of the client's latency. in_flight
-        # drops then too, so that "nothing in flight" still means "every access line written".
-        request.task.get_loop().call_soon(_finished, exchange, metrics, settings.log_query)
-
-
-def _finished(exchange: Exchange, metrics: Metrics, log_query: bool) -> None:
-    metrics.in_flight -= 1
-    exchange.finish(metrics, log_query)
+        # to aiohttp, which sends it), and for a moment when the proxy is idle: they are not
+        # part of the client's latency. in_flight drops then too, so that "nothing in flight"
+        # still means "every access line written".
+        access_log.add(exchange)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
+from proxy.access import AccessLog
 from proxy.forwarding import Upstream
 from proxy.links import LinkRewriter
 from proxy.metrics import Metrics
@@ -23,6 +24,7 @@ TOKENS = web.AppKey("tokens", TokenSource)
 UPSTREAM = web.AppKey("upstream", Upstream)
 CLIENT = web.AppKey("upstream_session", aiohttp.ClientSession)
 METRICS = web.AppKey("metrics", Metrics)
+ACCESS_LOG = web.AppKey("access_log", AccessLog)
 LINKS = web.AppKey("links", LinkRewriter)
 PACER = web.AppKey("pacer", Pacer)
 SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)

@@ -8,7 +8,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from proxy.keys import METRICS, SETTINGS, SHUTTING_DOWN, TOKENS
+from proxy.keys import ACCESS_LOG, METRICS, SETTINGS, SHUTTING_DOWN, TOKENS
 
 log = structlog.get_logger("proxy.access")
 
@@ -52,6 +52,7 @@ async def ready(request: web.Request) -> web.Response:
 
 @logged
 async def metrics(request: web.Request) -> web.Response:
+    request.app[ACCESS_LOG].write()  # every request answered so far is counted
     return web.Response(
         body=request.app[METRICS].render(),
         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 import structlog
 
-from proxy.keys import METRICS
+from proxy.keys import ACCESS_LOG, METRICS
 from proxy.servers import RunningProxy, RunningSimulator, running_proxy, settings_for
 from tests.conftest import ProxyFactory
 from tests.rawhttp import RawUpstream, raw_request, reply
@@ -45,6 +45,7 @@ async def test_json_links_under_the_api_come_back_through_the_proxy(
     origin = f"http://127.0.0.1:{proxy.port}"
     assert response.body == page(origin)  # the link on another origin is left alone
     assert response.header("Content-Length") == str(len(response.body))
+    await proxy.app[ACCESS_LOG].written()
     assert (
         proxy.app[METRICS].registry.get_sample_value("agentsync_proxy_links_rewritten_total") == 1
     )

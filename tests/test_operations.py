@@ -12,7 +12,7 @@ import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.credentials import ClientSecret, Secret
-from proxy.keys import METRICS, SHUTTING_DOWN, TOKENS
+from proxy.keys import ACCESS_LOG, METRICS, SHUTTING_DOWN, TOKENS
 from proxy.servers import RunningProxy, RunningSimulator, running_proxy, settings_for
 from tests.conftest import ProxyFactory
 from tests.rawhttp import RawUpstream, Received, Writer, reply, response_bytes
@@ -200,6 +200,7 @@ async def test_access_line_has_every_field_and_masks_query_values(
 ) -> None:
     proxy = await make_proxy()
     await get(proxy.url + "/v2/entities?npn=17345829&lastName=Delgado")
+    await proxy.app[ACCESS_LOG].written()
     [line] = [entry for entry in logs if entry["event"] == "request"]
     assert line["path"] == "/v2/entities?npn=***&lastName=***"
     for field in (
@@ -218,11 +219,43 @@ async def test_access_line_has_every_field_and_masks_query_values(
     assert (line["method"], line["status"], line["client"]) == ("GET", 200, "127.0.0.1")
 
 
+async def test_access_line_is_written_while_the_next_request_is_upstream(
+    make_proxy: ProxyFactory, upstream: RawUpstream, logs: list[dict[str, Any]]
+) -> None:
+    """An answered request's line waits (a few ms at most) for the proxy to be idle: at the
+    latest while the next request is away at the upstream, not in that request's way."""
+    lines_seen: list[int] = []
+    answer = reply()
+
+    async def respond(received: Received, writer: Writer) -> None:
+        lines_seen.append(sum(entry["event"] == "request" for entry in logs))
+        await answer(received, writer)
+
+    upstream.responder = respond
+    proxy = await make_proxy()
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):
+            async with session.get(proxy.url + "/v1/x") as response:
+                assert response.status == 200
+    assert lines_seen == [0, 1, 2]
+    await proxy.app[ACCESS_LOG].written()
+    assert sum(entry["event"] == "request" for entry in logs) == 3
+
+
+async def test_access_lines_of_the_last_requests_are_written_at_shutdown(
+    agentsync_simulator: RunningSimulator, logs: list[dict[str, Any]]
+) -> None:
+    async with running_proxy(settings_for(agentsync_simulator)) as proxy:
+        status, _ = await get(proxy.url + "/v2/entities")
+    assert [entry["status"] for entry in logs if entry["event"] == "request"] == [status]
+
+
 async def test_log_query_shows_query_values(
     make_proxy: ProxyFactory, logs: list[dict[str, Any]]
 ) -> None:
     proxy = await make_proxy(log_query=True)
     await get(proxy.url + "/v2/entities?npn=17345829")
+    await proxy.app[ACCESS_LOG].written()
     [line] = [entry for entry in logs if entry["event"] == "request"]
     assert line["path"] == "/v2/entities?npn=17345829"
 
