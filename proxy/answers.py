@@ -60,7 +60,7 @@ async def relay(
     has_body = request.method != "HEAD" and upstream.status not in (204, 304)
     length = upstream.content_length
     head: bytes = b""
-    if has_body and rewriter is not None and links.is_json(upstream.content_type):
+    if has_body and rewriter is not None and links.is_json(upstream.headers.get("Content-Type")):
         if length is None or length <= links.LIMIT:
             # Of known length, read as a small answer is, in one go.
             head = await _read(upstream, None if length is not None else links.LIMIT + 1)
@@ -144,11 +144,13 @@ async def _rewritten(
     exchange.links_rewritten = result.changed  # re-encoded as it came: Content-Encoding stays
     # web.Response sets the Content-Length of the body it is given; a body that is no longer
     # the upstream's byte for byte has a weak ETag.
-    headers = [
-        (name, links.weak_etag(value) if result.changed and name.lower() == "etag" else value)
-        for name, value in headers
-        if name.lower() != "content-length"
-    ]
+    kept = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower == "etag" and result.changed:
+            kept.append((name, links.weak_etag(value)))
+        elif lower != "content-length":
+            kept.append((name, value))
     return web.Response(
-        status=upstream.status, reason=upstream.reason, headers=headers, body=result.body
+        status=upstream.status, reason=upstream.reason, headers=kept, body=result.body
     )
