@@ -34,6 +34,7 @@ class Exchange:
     target: str
     client: str | None
     started: float = field(default_factory=time.perf_counter)
+    ended: float = 0.0  # when its answer was given, if its line waits (see AccessLog)
     status: int = 0
     upstream_status: int | None = None
     upstream_seconds: float | None = None
@@ -52,7 +53,7 @@ class Exchange:
         return cls(request_id, request.method, request.raw_path, request.remote)
 
     def finish(self, metrics: Metrics, log_query: bool) -> None:
-        seconds = time.perf_counter() - self.started
+        seconds = (self.ended or time.perf_counter()) - self.started
         metrics.answered(self.method, self.status, seconds, self.bytes_in, self.bytes_out)
         upstream = self.upstream_seconds
         if upstream is not None:
@@ -117,6 +118,7 @@ class AccessLog:
 
     def add(self, exchange: Exchange) -> None:
         """A request whose answer has left (or failed); it counts as in flight until written."""
+        exchange.ended = time.perf_counter()
         if not self._waiting:
             self._timer = asyncio.get_running_loop().call_later(WRITE_WITHIN, self.write)
             self._written.clear()

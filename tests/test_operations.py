@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from typing import Any
 
 import aiohttp
@@ -240,6 +241,18 @@ async def test_access_line_is_written_while_the_next_request_is_upstream(
     assert lines_seen == [0, 1, 2]
     await proxy.app[ACCESS_LOG].written()
     assert sum(entry["event"] == "request" for entry in logs) == 3
+
+
+async def test_duration_ends_with_the_answer_not_when_the_line_is_written(
+    make_proxy: ProxyFactory, logs: list[dict[str, Any]]
+) -> None:
+    proxy = await make_proxy()
+    started = time.perf_counter()
+    assert (await get(proxy.url + "/v1/x"))[0] == 200
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    await proxy.app[ACCESS_LOG].written()  # some milliseconds later
+    [line] = [entry for entry in logs if entry["event"] == "request"]
+    assert line["duration_ms"] <= elapsed_ms
 
 
 async def test_access_lines_of_the_last_requests_are_written_at_shutdown(
