@@ -293,8 +293,9 @@ class _TooLarge(Exception):
 def _authority(scheme: str, netloc: str) -> str:
     authority = netloc.lower()
     host, colon, port = authority.rpartition(":")
-    if colon and "]" not in port and port in ("", DEFAULT_PORTS[scheme]):
-        return host  # `https://h:443` and `https://h:` are `https://h`
+    one_port = ":" not in host or (host.startswith("[") and host.endswith("]"))
+    if colon and one_port and port in ("", DEFAULT_PORTS[scheme]):
+        return host  # `https://h:443` and `https://h:` are `https://h`; `h:8443:443` is no host
     return authority
 
 

@@ -460,6 +460,19 @@ def test_location_is_rewritten_by_the_same_rule() -> None:
         assert rewriter.url(unchanged, PROXY) == unchanged
 
 
+def test_an_authority_with_a_second_port_is_not_the_base() -> None:
+    on_port = LinkRewriter.for_upstream("https://api.example.com:8443/api")
+    for base, port in ((rewriter, ""), (on_port, ":8443")):
+        for extra in (":443", ":", "::443", ":443:443", ":443:"):
+            link = f"https://api.example.com{port}{extra}/api/v2/x"
+            if not port and extra in (":443", ":"):
+                continue  # the base itself, its port written out or left empty
+            assert base.url(link, PROXY) == link
+            body = json.dumps([link]).encode()
+            assert base.body(body, PROXY) == body
+    assert on_port.url("https://API.example.com:8443/api/x", PROXY) == PROXY + "/x"
+
+
 def test_every_link_in_a_link_header_is_rewritten_and_its_parameters_kept() -> None:
     value = (
         '<https://api.example.com/api/v2/x?page=3>; rel="next"; title="<https://api.example.com/api/t>",'
