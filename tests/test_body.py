@@ -137,3 +137,22 @@ async def test_a_body_over_the_maximum_is_refused_and_remembered(
         assert captured.failure is error.value
 
     await posted(aiohttp_server, b"x" * 5000, check, threshold=100, max_size=1000)
+
+
+async def test_a_replay_begun_while_the_last_chunk_is_on_its_way_to_the_file_gets_every_byte(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+) -> None:
+    body = os.urandom(100 * 1024)
+
+    async def check(captured: CapturedBody) -> None:
+        first = captured.payload()
+        assert not isinstance(first, bytes)
+        sent = b""
+        while not captured.complete:  # the first send has every byte and has seen the end
+            sent += await anext(first)
+        # Its upstream may answer 401 now, while the last chunk is still being written.
+        assert await collect(captured.payload()) == body
+        assert sent + await collect(first) == body
+
+    # Only the last byte goes over the threshold: the chunk that holds it starts the file.
+    await posted(aiohttp_server, body, check, threshold=len(body) - 1)
