@@ -56,7 +56,9 @@ class CapturedBody:
 
     def payload(self) -> bytes | AsyncIterator[bytes]:
         """The body to send; may be called again for a replay, also before the body's end."""
-        if self._stream is None and self._file is None and self.size <= LARGEST_BYTES_PAYLOAD:
+        # Whole in memory only if no chunk ever left for the file: until the file holds the
+        # bytes kept so far it is not there, yet the chunk that starts it is not in memory.
+        if self._stream is None and self._writing is None and self.size <= LARGEST_BYTES_PAYLOAD:
             return bytes(self._memory)
         return self._chunks()
 
