@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import resource
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -156,3 +158,27 @@ async def test_a_replay_begun_while_the_last_chunk_is_on_its_way_to_the_file_get
 
     # Only the last byte goes over the threshold: the chunk that holds it starts the file.
     await posted(aiohttp_server, body, check, threshold=len(body) - 1)
+
+
+async def test_a_write_the_disk_takes_only_in_part_fails_the_body(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+) -> None:
+    body = os.urandom(256 * 1024)
+
+    async def check(captured: CapturedBody) -> None:
+        # Files may not grow past the body's last byte: the write that holds it is taken only in
+        # part (as on a disk nearly full), and a further write fails.
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        ignored = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (len(body) - 1, hard))
+        try:
+            with pytest.raises(OSError) as error:
+                await collect(captured.payload())
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            signal.signal(signal.SIGXFSZ, ignored)
+        assert captured.failure is error.value
+        with pytest.raises(OSError):  # a replay is refused too, rather than sent short
+            await collect(captured.payload())
+
+    await posted(aiohttp_server, body, check, threshold=16 * 1024)
