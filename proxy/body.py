@@ -140,7 +140,7 @@ class CapturedBody:
         if self._file is None:
             file = tempfile.TemporaryFile(buffering=0)  # noqa: SIM115 - closed by close()
             try:
-                await self._in_thread(file.write, bytes(self._memory))
+                await self._in_thread(_write_all, file, bytes(self._memory))
             except BaseException:
                 file.close()
                 raise
@@ -149,7 +149,7 @@ class CapturedBody:
             self._close_if_unused()
             if self._file is None:  # closed while it was being made
                 return
-        await self._in_thread(self._file.write, chunk)
+        await self._in_thread(_write_all, self._file, chunk)
         self.size += len(chunk)
 
     def _in_thread(self, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
@@ -174,6 +174,14 @@ class CapturedBody:
         if self._closing and not self._jobs and self._file is not None:
             file, self._file = self._file, None
             file.close()
+
+
+def _write_all(file: IO[bytes], data: bytes) -> None:
+    """Write every byte: an unbuffered file may take part of a write (a disk nearly full), and
+    the next write then fails with the reason."""
+    view = memoryview(data)
+    while view:
+        view = view[file.write(view) :]
 
 
 def _retrieved(future: asyncio.Future[None]) -> None:
