@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiohttp
@@ -12,9 +14,10 @@ import pytest
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.app import create_app
 from proxy.credentials import ClientSecret, Secret
 from proxy.keys import ACCESS_LOG, METRICS, SHUTTING_DOWN, TOKENS
-from proxy.servers import RunningProxy, RunningSimulator, running_proxy, settings_for
+from proxy.servers import RunningProxy, RunningSimulator, running_proxy, settings_for, start
 from tests.conftest import ProxyFactory
 from tests.rawhttp import RawUpstream, Received, Writer, reply, response_bytes
 
@@ -261,6 +264,47 @@ async def test_access_lines_of_the_last_requests_are_written_at_shutdown(
     async with running_proxy(settings_for(agentsync_simulator)) as proxy:
         status, _ = await get(proxy.url + "/v2/entities")
     assert [entry["status"] for entry in logs if entry["event"] == "request"] == [status]
+
+
+@pytest.mark.uvloop_too
+async def test_an_upload_cut_at_shutdown_while_its_spool_is_written_keeps_its_access_line(
+    nothing_leaked: None,
+    agentsync_simulator: RunningSimulator,
+    upstream: RawUpstream,
+    logs: list[dict[str, Any]],
+) -> None:
+    """Shutdown cancels a request it has waited for, and then, as its connection closes,
+    cancels it again: the second cancellation lands while the request waits for its spool
+    file's last write to end (here the only worker thread is busy), and its line must
+    survive it."""
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+    busy = threading.Event()
+    settings = settings_for(agentsync_simulator, api_base_url=upstream.url, spool_threshold=1024)
+    app = create_app(settings)
+    runner, port = await start(app, "--listen", settings.listen, shutdown_timeout=0.1)
+    try:
+        await app[TOKENS].token()
+        worker = loop.run_in_executor(None, busy.wait)
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /v1/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n\r\n"
+            + b"x" * 200_000
+        )
+        await writer.drain()
+        async with asyncio.timeout(10):  # the body goes upstream as it arrives
+            await upstream.head_arrived.wait()
+    finally:
+        try:
+            await runner.cleanup()
+        finally:
+            busy.set()
+    await worker
+    writer.close()
+    await app[ACCESS_LOG].written()
+    [line] = [entry for entry in logs if entry["event"] == "request"]
+    assert (line["method"], line["path"], line["bytes_in"]) == ("POST", "/v1/upload", 200_000)
+    assert app[METRICS].in_flight == 0
 
 
 async def test_log_query_shows_query_values(
