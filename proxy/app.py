@@ -183,11 +183,15 @@ async def forward(request: web.Request) -> web.StreamResponse:
             exchange.request_id,
         )
     finally:
-        if body is not None:
-            exchange.bytes_in = body.received
-            await body.close()
-        # The access line and the metrics wait for the answer to leave (the handler returns it
-        # to aiohttp, which sends it), and for a moment when the proxy is idle: they are not
-        # part of the client's latency. in_flight drops then too, so that "nothing in flight"
-        # still means "every access line written".
-        access_log.add(exchange)
+        try:
+            if body is not None:
+                exchange.bytes_in = body.received
+                # A second cancellation (shutdown's, then the closed connection's) can end this
+                # wait for a worker thread: the line is still due.
+                await body.close()
+        finally:
+            # The access line and the metrics wait for the answer to leave (the handler returns
+            # it to aiohttp, which sends it), and for a moment when the proxy is idle: they are
+            # not part of the client's latency. in_flight drops then too, so that "nothing in
+            # flight" still means "every access line written".
+            access_log.add(exchange)
