@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
 import re
 import signal
 from collections.abc import Iterator
@@ -15,8 +17,8 @@ from multidict import istr
 
 from proxy import logs
 from proxy.servers import RunningSimulator
-from tests.cli_process import serve, simulator_env
-from tests.rawhttp import raw_request
+from tests.cli_process import serve, simulator_env, start_serve, until_ready
+from tests.rawhttp import raw_request, read_body, read_head
 
 
 @pytest.mark.parametrize(
@@ -105,3 +107,45 @@ async def test_a_request_id_that_is_not_utf8_gets_its_answer_and_access_line(
     events = [json.loads(line) for line in err.decode().splitlines()]
     [line] = [event for event in events if event["event"] == "request"]
     assert (line["request_id"], line["status"]) == ("ab\udcff", 403)
+
+
+async def test_a_log_stream_that_breaks_costs_the_lines_not_the_answers_or_the_metrics(
+    agentsync_simulator: RunningSimulator, unused_tcp_port: int
+) -> None:
+    """A log collector that goes away (or a full disk) makes every write to stderr fail."""
+    reading, writing = os.pipe()
+    process = await start_serve(
+        simulator_env(agentsync_simulator, AGENTSYNC_PROXY_LOG_PROBES="true"),
+        f"127.0.0.1:{unused_tcp_port}",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=writing,
+    )
+    os.close(writing)
+    try:
+        await until_ready(f"http://127.0.0.1:{unused_tcp_port}")
+        os.close(reading)  # from now on each write to the proxy's stderr fails (EPIPE)
+        reader, writer = await asyncio.open_connection("127.0.0.1", unused_tcp_port)
+        # Pipelined: the scrape comes while the forwarded request's line still waits.
+        writer.write(
+            b"GET /v2/entities HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            b"GET /-/metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        statuses = []
+        for _ in range(2):
+            status_line, headers = await read_head(reader)
+            statuses.append(int(status_line.split()[1]))
+            metrics = await read_body(reader, headers)
+        writer.close()
+        assert statuses == [200, 200]
+        assert b'requests_total{method="GET",status_class="2xx"} 1.0' in metrics
+        refused = await raw_request(
+            unused_tcp_port, b"GET /v1/x HTTP/1.1\r\nHost: evil.example\r\n\r\n"
+        )
+        assert refused.status == 403
+        healthy = await raw_request(
+            unused_tcp_port, b"GET /-/healthy HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        )
+        assert healthy.status == 200  # with --log-probes: liveness does not fail with the log
+    finally:
+        process.kill()
+        await process.wait()
