@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import sys
-from typing import Any
+from typing import Any, BinaryIO, TextIO, cast
 
 import msgspec
 import structlog
@@ -42,6 +43,23 @@ def _as_text(value: object) -> str:
     return str(value) if isinstance(value, str) else repr(value)
 
 
+class _Stream:
+    """stderr for structlog's lines. A write that fails (its reader gone, a full disk) loses
+    that line, as the standard library's logging does, not the answer or the scrape that
+    logged it."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, data: Any) -> None:
+        with contextlib.suppress(OSError):
+            self._stream.write(data)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError):
+            self._stream.flush()
+
+
 def malformed_requests(record: logging.LogRecord) -> bool:
     """aiohttp logs each request it cannot parse at ERROR with a traceback, though the mistake is
     a client's (or a port scanner's): it becomes one warning line, what was wrong and from whom."""
@@ -73,12 +91,13 @@ def configure(log_format: str | None, level: str) -> None:
         renderer: Any = structlog.processors.JSONRenderer()  # the standard library's records
         # JSON lines straight to bytes by msgspec, the quickest part of each access line.
         final: Any = structlog.processors.JSONRenderer(serializer=_json_line)
-        factory: Any = structlog.BytesLoggerFactory(sys.stderr.buffer)
+        # structlog's loggers only write and flush their file.
+        factory: Any = structlog.BytesLoggerFactory(cast(BinaryIO, _Stream(sys.stderr.buffer)))
     else:
         renderer = final = structlog.dev.ConsoleRenderer(
             colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
         )
-        factory = structlog.WriteLoggerFactory(sys.stderr)
+        factory = structlog.WriteLoggerFactory(cast(TextIO, _Stream(sys.stderr)))
     chain.append(redact)
     structlog.configure(
         processors=[*chain, final],
