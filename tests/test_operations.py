@@ -330,6 +330,15 @@ async def test_probes_are_logged_only_with_log_probes(
     assert (line["path"], line["status"]) == ("/-/ready", 200)
 
 
+async def test_a_logged_probe_masks_its_query_values_too(
+    make_proxy: ProxyFactory, logs: list[dict[str, Any]]
+) -> None:
+    proxy = await make_proxy(log_probes=True)
+    assert (await get(proxy.url + "/-/healthy?token=s3cr3t"))[0] == 200
+    [line] = [entry for entry in logs if entry["event"] == "request"]
+    assert line["path"] == "/-/healthy?token=***"
+
+
 async def test_policy_evaluation_failed_logs_which_scope_to_add(
     agentsync_simulator: RunningSimulator, logs: list[dict[str, Any]]
 ) -> None:
