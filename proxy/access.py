@@ -66,15 +66,11 @@ class Exchange:
             metrics.replayed(self.replay_reason, "failed" if status is None else outcome)
         if self.error is not None:
             metrics.errors.labels(self.error).inc()
-        path = self.target
-        if not log_query and "?" in path:  # query values are often personal data (NPNs, names)
-            path, _, query = path.partition("?")
-            path += "?" + _QUERY_VALUE.sub("=***", query)
         log.info(
             "request",
             request_id=self.request_id,
             method=self.method,
-            path=path,
+            path=logged_path(self.target, log_query),
             status=self.status,
             upstream_status=self.upstream_status,
             duration_ms=round(seconds * 1000, 2),
@@ -100,6 +96,15 @@ class Exchange:
                 " to AGENTSYNC_SCOPE (--scope), if it is granted to the client, and restart"
             ),
         )
+
+
+def logged_path(target: str, log_query: bool) -> str:
+    """The request target as an access line shows it: query values masked unless `log_query`."""
+    if log_query or "?" not in target:
+        return target
+    # Query values are often personal data (NPNs, names), or a credential.
+    path, _, query = target.partition("?")
+    return path + "?" + _QUERY_VALUE.sub("=***", query)
 
 
 class AccessLog:

@@ -8,6 +8,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from proxy.access import logged_path
 from proxy.keys import ACCESS_LOG, METRICS, SETTINGS, SHUTTING_DOWN, TOKENS
 
 log = structlog.get_logger("proxy.access")
@@ -19,11 +20,12 @@ def logged(handler: Handler) -> Handler:
     async def probe(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         response = await handler(request)
-        if request.app[SETTINGS].log_probes:
+        settings = request.app[SETTINGS]
+        if settings.log_probes:
             log.info(
                 "request",
                 method=request.method,
-                path=request.raw_path,
+                path=logged_path(request.raw_path, settings.log_query),
                 status=response.status,
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
                 client=request.remote,
