@@ -4,8 +4,11 @@ byte for byte."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
+import socket
+import time
 import zlib
 from typing import Any
 
@@ -16,7 +19,8 @@ import structlog
 from proxy.keys import ACCESS_LOG, METRICS
 from proxy.servers import RunningProxy, RunningSimulator, running_proxy, settings_for
 from tests.conftest import ProxyFactory
-from tests.rawhttp import RawUpstream, raw_request, reply
+from tests.leaks import until
+from tests.rawhttp import RawUpstream, raw_request, read_body, read_head, reply
 
 pytestmark = pytest.mark.usefixtures("nothing_leaked")
 
@@ -198,3 +202,52 @@ async def test_following_next_through_the_proxy_reaches_page_two(
             assert response.status == 401
     assert second["embedded"]["licenses"] != first["embedded"]["licenses"]
     assert second["links"]["self"]["href"] == following
+
+
+# A JSON answer larger than the socket buffers between the proxy and a client that reads slowly
+# (the proxy's send buffer grows to 4 MiB at most on Linux), with no link to rewrite.
+LARGE_JSON = b"[" + b",".join(b'{"npn": "%08d"}' % n for n in range(700_000)) + b"]"
+
+
+async def slow_client(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection whose receive buffer is small: what it has not read stays with the proxy."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(b"GET /v2/licenses HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    return reader, writer
+
+
+async def test_a_large_json_answers_duration_ends_when_a_slow_client_has_it(
+    make_proxy: ProxyFactory, upstream: RawUpstream
+) -> None:
+    upstream.responder = reply(200, LARGE_JSON, [("Content-Type", "application/json")])
+    proxy = await make_proxy()
+    with structlog.testing.capture_logs() as logs:
+        sent = time.perf_counter()
+        reader, writer = await slow_client(proxy.port)
+        _, headers = await read_head(reader)
+        # Longer than the proxy took to begin its answer: only then does the client read on.
+        pause = 0.2 + 2 * (time.perf_counter() - sent)
+        await asyncio.sleep(pause)
+        assert await read_body(reader, headers) == LARGE_JSON
+        writer.close()
+        await proxy.app[ACCESS_LOG].written()
+    [line] = [entry for entry in logs if entry["event"] == "request"]
+    assert line["duration_ms"] >= pause * 1000
+
+
+async def test_a_client_gone_during_a_large_json_answer_is_logged_as_gone(
+    make_proxy: ProxyFactory, upstream: RawUpstream
+) -> None:
+    upstream.responder = reply(200, LARGE_JSON, [("Content-Type", "application/json")])
+    proxy = await make_proxy()
+    with structlog.testing.capture_logs() as logs:
+        reader, writer = await slow_client(proxy.port)
+        await reader.readexactly(1 << 20)
+        writer.transport.abort()
+        await until(lambda: proxy.app[METRICS].in_flight == 0)
+    [line] = [entry for entry in logs if entry["event"] == "request"]
+    assert (line["status"], line.get("error")) == (499, "client_disconnected")
