@@ -66,7 +66,14 @@ async def relay(
             head = await _read(upstream, None if length is not None else links.LIMIT + 1)
             if len(head) <= links.LIMIT:
                 origin = f"http://{request.host}"
-                return await _rewritten(upstream, head, headers, exchange, rewriter, origin)
+                answer = await _rewritten(upstream, head, headers, exchange, rewriter, origin)
+                if exchange.bytes_out > SMALL_BODY:
+                    # Sent here rather than by aiohttp once the handler returns, as a streamed
+                    # answer is: its duration ends when it has left, and a client that leaves
+                    # meanwhile is seen (499).
+                    await answer.prepare(request)
+                    await answer.write_eof()
+                return answer
         log.warning(
             "links_not_rewritten",
             request_id=exchange.request_id,
