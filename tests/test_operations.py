@@ -19,7 +19,7 @@ from proxy.credentials import ClientSecret, Secret
 from proxy.keys import ACCESS_LOG, METRICS, SHUTTING_DOWN, TOKENS
 from proxy.servers import RunningProxy, RunningSimulator, running_proxy, settings_for, start
 from tests.conftest import ProxyFactory
-from tests.rawhttp import RawUpstream, Received, Writer, reply, response_bytes
+from tests.rawhttp import RawUpstream, Received, Writer, raw_request, reply, response_bytes
 
 
 @pytest.fixture
@@ -328,6 +328,20 @@ async def test_probes_are_logged_only_with_log_probes(
     await get(chatty.url + "/-/ready")
     [line] = [entry for entry in logs if entry["event"] == "request"]
     assert (line["path"], line["status"]) == ("/-/ready", 200)
+
+
+async def test_credentials_in_an_absolute_target_never_reach_the_access_line(
+    make_proxy: ProxyFactory, logs: list[dict[str, Any]]
+) -> None:
+    proxy = await make_proxy(log_query=True)
+    target = "http://agent:s3cr3t@127.0.0.1/v1/x"
+    answer = await raw_request(
+        proxy.port, f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    )
+    assert answer.status == 403
+    await proxy.app[ACCESS_LOG].written()
+    [line] = [entry for entry in logs if entry["event"] == "request"]
+    assert line["path"] == "http://***@127.0.0.1/v1/x"
 
 
 async def test_a_logged_probe_masks_its_query_values_too(
