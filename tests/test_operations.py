@@ -19,6 +19,7 @@ from proxy.credentials import ClientSecret, Secret
 from proxy.keys import ACCESS_LOG, METRICS, SHUTTING_DOWN, TOKENS
 from proxy.servers import RunningProxy, RunningSimulator, running_proxy, settings_for, start
 from tests.conftest import ProxyFactory
+from tests.leaks import temporary_files, until
 from tests.rawhttp import RawUpstream, Received, Writer, raw_request, reply, response_bytes
 
 
@@ -280,6 +281,7 @@ async def test_an_upload_cut_at_shutdown_while_its_spool_is_written_keeps_its_ac
     loop = asyncio.get_running_loop()
     loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
     busy = threading.Event()
+    files = temporary_files()
     settings = settings_for(agentsync_simulator, api_base_url=upstream.url, spool_threshold=1024)
     app = create_app(settings)
     runner, port = await start(app, "--listen", settings.listen, shutdown_timeout=0.1)
@@ -300,6 +302,7 @@ async def test_an_upload_cut_at_shutdown_while_its_spool_is_written_keeps_its_ac
         finally:
             busy.set()
     await worker
+    await until(lambda: temporary_files() == files)  # the spool's last write, then its file
     writer.close()
     await app[ACCESS_LOG].written()
     [line] = [entry for entry in logs if entry["event"] == "request"]
