@@ -19,6 +19,7 @@ log = structlog.get_logger("proxy.access")
 # which the proxy would only wait: the next request's round trip to the upstream.
 WRITE_WITHIN = 0.005
 _QUERY_VALUE = re.compile(r"=[^&]*")
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")  # scheme://user:password@
 # The Contracting API's scopes by method, from AgentSync's public docs.
 CONTRACTING_SCOPES = {
     **dict.fromkeys(("GET", "HEAD"), "rino_api_agency_read"),
@@ -99,7 +100,10 @@ class Exchange:
 
 
 def logged_path(target: str, log_query: bool) -> str:
-    """The request target as an access line shows it: query values masked unless `log_query`."""
+    """The request target as an access line shows it: the user and password of an absolute
+    target masked, and query values unless `log_query`."""
+    if not target.startswith("/"):  # absolute form, refused unless it names the API's host
+        target = _USERINFO.sub(r"\1***@", target, count=1)
     if log_query or "?" not in target:
         return target
     # Query values are often personal data (NPNs, names), or a credential.
