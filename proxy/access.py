@@ -18,7 +18,8 @@ log = structlog.get_logger("proxy.access")
 # A finished request's access line and metrics wait at most this long (seconds) for a moment in
 # which the proxy would only wait: the next request's round trip to the upstream.
 WRITE_WITHIN = 0.005
-_QUERY_VALUE = re.compile(r"=[^&]*")
+# A query parameter: its name and value, or a value without a name (masked whole).
+_QUERY_PART = re.compile(r"([^&=]*=)[^&]*|[^&]+")
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")  # scheme://user:password@
 # The Contracting API's scopes by method, from AgentSync's public docs.
 CONTRACTING_SCOPES = {
@@ -108,7 +109,7 @@ def logged_path(target: str, log_query: bool) -> str:
         return target
     # Query values are often personal data (NPNs, names), or a credential.
     path, _, query = target.partition("?")
-    return path + "?" + _QUERY_VALUE.sub("=***", query)
+    return path + "?" + _QUERY_PART.sub(r"\1***", query)
 
 
 class AccessLog:

@@ -310,6 +310,16 @@ async def test_an_upload_cut_at_shutdown_while_its_spool_is_written_keeps_its_ac
     assert app[METRICS].in_flight == 0
 
 
+async def test_a_query_value_without_a_name_is_masked_too(
+    make_proxy: ProxyFactory, logs: list[dict[str, Any]]
+) -> None:
+    proxy = await make_proxy()
+    await get(proxy.url + "/v2/entities?17345829&state=TX&&Delgado")
+    await proxy.app[ACCESS_LOG].written()
+    [line] = [entry for entry in logs if entry["event"] == "request"]
+    assert line["path"] == "/v2/entities?***&state=***&&***"
+
+
 async def test_log_query_shows_query_values(
     make_proxy: ProxyFactory, logs: list[dict[str, Any]]
 ) -> None:
