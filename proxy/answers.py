@@ -149,12 +149,16 @@ async def _rewritten(
         exchange.scope_hint(result.body)
     exchange.bytes_out = len(result.body)
     exchange.links_rewritten = result.changed  # re-encoded as it came: Content-Encoding stays
+    if not result.changed:  # the upstream's very bytes, under its headers as they came
+        return web.Response(
+            status=upstream.status, reason=upstream.reason, headers=headers, body=result.body
+        )
     # web.Response sets the Content-Length of the body it is given; a body that is no longer
     # the upstream's byte for byte has a weak ETag.
     kept = []
     for name, value in headers:
         lower = name.lower()
-        if lower == "etag" and result.changed:
+        if lower == "etag":
             kept.append((name, links.weak_etag(value)))
         elif lower != "content-length":
             kept.append((name, value))

@@ -142,6 +142,23 @@ async def test_large_or_invalid_json_passes_unchanged(
     assert len(warnings) == 2
 
 
+@pytest.mark.parametrize("framing", ["Content-Length", "chunked"])
+async def test_a_json_answer_without_links_keeps_its_bytes_and_strong_etag(
+    make_proxy: ProxyFactory, upstream: RawUpstream, framing: str
+) -> None:
+    body = b'{"href": "https://other.example.org/v2/x", "n": 1.50}'
+    headers = [("Content-Type", "application/json"), ("ETag", '"v1"')]
+    sent = body
+    if framing == "chunked":
+        headers.append(("Transfer-Encoding", "chunked"))
+        sent = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    upstream.responder = reply(200, sent, headers)
+    proxy = await make_proxy()
+    response = await get_raw(proxy, "/v2/licenses")
+    assert response.body == body
+    assert (response.header("Content-Length"), response.header("ETag")) == (str(len(body)), '"v1"')
+
+
 async def test_answers_that_are_not_json_stream_untouched(
     make_proxy: ProxyFactory, upstream: RawUpstream
 ) -> None:
