@@ -149,19 +149,13 @@ async def _rewritten(
         exchange.scope_hint(result.body)
     exchange.bytes_out = len(result.body)
     exchange.links_rewritten = result.changed  # re-encoded as it came: Content-Encoding stays
-    if not result.changed:  # the upstream's very bytes, under its headers as they came
-        return web.Response(
-            status=upstream.status, reason=upstream.reason, headers=headers, body=result.body
-        )
-    # web.Response sets the Content-Length of the body it is given; a body that is no longer
-    # the upstream's byte for byte has a weak ETag.
-    kept = []
-    for name, value in headers:
-        lower = name.lower()
-        if lower == "etag":
-            kept.append((name, links.weak_etag(value)))
-        elif lower != "content-length":
-            kept.append((name, value))
-    return web.Response(
-        status=upstream.status, reason=upstream.reason, headers=kept, body=result.body
+    answer = web.Response(
+        status=upstream.status, reason=upstream.reason, headers=headers, body=result.body
     )
+    if result.changed:  # else the upstream's very bytes, under its headers as they came
+        # web.Response gives the new body its Content-Length once the upstream's is gone; a
+        # body that is no longer the upstream's byte for byte has a weak ETag.
+        answer.headers.popall("Content-Length", None)
+        if (etag := answer.headers.get("ETag")) is not None:
+            answer.headers["ETag"] = links.weak_etag(etag)
+    return answer
