@@ -119,12 +119,16 @@ class AccessLog:
     as each answer leaves would delay the next request by as much."""
 
     def __init__(self, metrics: Metrics, log_query: bool) -> None:
-        self.metrics = metrics
+        self._metrics = metrics
         self._log_query = log_query
         self._waiting: deque[Exchange] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._written = asyncio.Event()
         self._written.set()
+
+    def begin(self) -> None:
+        """A request is being handled: in flight until its line is written."""
+        self._metrics.in_flight += 1
 
     def add(self, exchange: Exchange) -> None:
         """A request whose answer has left (or failed); it counts as in flight until written."""
@@ -144,8 +148,8 @@ class AccessLog:
             self._timer.cancel()
             self._timer = None
         while self._waiting:
-            self.metrics.in_flight -= 1
-            self._waiting.popleft().finish(self.metrics, self._log_query)
+            self._metrics.in_flight -= 1
+            self._waiting.popleft().finish(self._metrics, self._log_query)
         self._written.set()
 
     async def written(self) -> None:

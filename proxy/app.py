@@ -114,7 +114,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
     settings = app[SETTINGS]
     exchange = Exchange.of(request)
     access_log = app[ACCESS_LOG]
-    access_log.metrics.in_flight += 1
+    access_log.begin()
     body: CapturedBody | None = None
     try:
         upstream = app[UPSTREAM]
