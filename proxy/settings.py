@@ -309,111 +309,145 @@ class Option:
         return self.parse is _bool
 
 
-def setting(default: Any, parse: Parser, metavar: str | None = None, env: str = "") -> Any:
+def setting(
+    default: Any, parse: Parser, metavar: str | None = None, env: str = "", *, help: str
+) -> Any:
     """A Settings field that is an Option too, read from AGENTSYNC_PROXY_NAME unless `env`."""
-    return field(default=default, metadata={"parse": parse, "metavar": metavar, "env": env})
+    metadata = {"parse": parse, "metavar": metavar, "env": env, "help": help}
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """Every setting of the proxy; each field declared with setting() is in OPTIONS too."""
 
-    listen: Listen = setting(Listen("127.0.0.1", 8080), parse_listen, "HOST:PORT")
-    environment: str = setting("sandbox", _nonempty, "NAME", "AGENTSYNC_ENVIRONMENT")
-    api_base_url: str = setting(MISSING, _api_url, "URL", "AGENTSYNC_API_BASE_URL")
-    token_url: str = setting(MISSING, _url, "URL", "AGENTSYNC_TOKEN_URL")
-    client_id: str = setting(MISSING, _nonempty, "ID", "AGENTSYNC_CLIENT_ID")
+    listen: Listen = setting(
+        Listen("127.0.0.1", 8080), parse_listen, "HOST:PORT", help="address to listen on"
+    )
+    environment: str = setting(
+        "sandbox", _nonempty, "NAME", "AGENTSYNC_ENVIRONMENT", help="AgentSync environment"
+    )
+    api_base_url: str = setting(
+        MISSING, _api_url, "URL", "AGENTSYNC_API_BASE_URL", help="API base URL"
+    )
+    token_url: str = setting(
+        MISSING, _url, "URL", "AGENTSYNC_TOKEN_URL", help="OAuth 2.0 token endpoint"
+    )
+    client_id: str = setting(
+        MISSING, _nonempty, "ID", "AGENTSYNC_CLIENT_ID", help="OAuth client id"
+    )
     client_secret: ClientSecret  # from the inputs client_secret or client_secret_file, below
-    scope: str | None = setting(None, _text, '"A B"', "AGENTSYNC_SCOPE")
+    scope: str | None = setting(
+        None, _text, '"A B"', "AGENTSYNC_SCOPE", help="space-separated scopes to request"
+    )
     client_auth: str = setting(
-        "post", _choice("post", "basic"), "post|basic", "AGENTSYNC_CLIENT_AUTH"
+        "post",
+        _choice("post", "basic"),
+        "post|basic",
+        "AGENTSYNC_CLIENT_AUTH",
+        help="client credentials in the token request's form body (post) or as HTTP Basic",
     )
-    log_format: str | None = setting(None, _choice("json", "console"), "json|console")
+    log_format: str | None = setting(
+        None, _choice("json", "console"), "json|console", help="console on a terminal, else json"
+    )
     log_level: str = setting(
-        "info", _choice("debug", "info", "warning", "error", "critical"), "LEVEL"
+        "info", _choice("debug", "info", "warning", "error", "critical"), "LEVEL", help="log level"
     )
-    log_query: bool = setting(False, _bool)
-    log_probes: bool = setting(False, _bool)
-    refresh_margin: float = setting(300.0, _seconds_or_zero, "SECONDS")
-    token_requests_per_minute: int = setting(20, _count, "N")
-    token_timeout: float = setting(30.0, _seconds, "SECONDS")
-    default_token_lifetime: float = setting(3600.0, _seconds, "SECONDS")
-    connect_timeout: float = setting(10.0, _seconds, "SECONDS")
-    upstream_timeout: float = setting(60.0, _seconds, "SECONDS")
-    client_timeout: float = setting(60.0, _seconds, "SECONDS")
-    max_body_size: int = setting(1 << 30, _count, "BYTES")
-    spool_threshold: int = setting(1 << 20, _count, "BYTES")
-    allowed_clients: tuple[IPNetwork, ...] = setting((), _list_of(_network), "CIDR,...")
-    allowed_hosts: tuple[str, ...] = setting((), _list_of(str), "NAME,...")
-    allowed_origins: tuple[str, ...] = setting((), _list_of(_origin), "ORIGIN,...")
-    ca_bundle: Path | None = setting(None, _ca_bundle, "PATH")
-    shutdown_timeout: float = setting(25.0, _seconds, "SECONDS")
-    workers: int = setting(1, _count, "N")
-    max_connections: int = setting(100, _count, "N")
+    log_query: bool = setting(False, _bool, help="log query values unmasked")
+    log_probes: bool = setting(False, _bool, help="log /-/ probe requests")
+    refresh_margin: float = setting(
+        300.0, _seconds_or_zero, "SECONDS", help="renew the token this long before it expires"
+    )
+    token_requests_per_minute: int = setting(
+        20, _count, "N", help="cap on token requests per minute"
+    )
+    token_timeout: float = setting(
+        30.0, _seconds, "SECONDS", help="longest a request waits for a token"
+    )
+    default_token_lifetime: float = setting(
+        3600.0,
+        _seconds,
+        "SECONDS",
+        help="token lifetime assumed when expires_in is missing or malformed",
+    )
+    connect_timeout: float = setting(10.0, _seconds, "SECONDS", help="connect timeout")
+    upstream_timeout: float = setting(
+        60.0, _seconds, "SECONDS", help="no response or no bytes for this long"
+    )
+    client_timeout: float = setting(
+        60.0, _seconds, "SECONDS", help="no byte of a request body from the client for this long"
+    )
+    max_body_size: int = setting(1 << 30, _count, "BYTES", help="largest request body")
+    spool_threshold: int = setting(
+        1 << 20, _count, "BYTES", help="request bodies above this size are kept in a temporary file"
+    )
+    allowed_clients: tuple[IPNetwork, ...] = setting(
+        (), _list_of(_network), "CIDR,...", help="client CIDR blocks"
+    )
+    allowed_hosts: tuple[str, ...] = setting(
+        (), _list_of(str), "NAME,...", help="Host names accepted"
+    )
+    allowed_origins: tuple[str, ...] = setting(
+        (), _list_of(_origin), "ORIGIN,...", help="web origins allowed (CORS)"
+    )
+    ca_bundle: Path | None = setting(None, _ca_bundle, "PATH", help="extra CA bundle")
+    shutdown_timeout: float = setting(
+        25.0, _seconds, "SECONDS", help="time in-flight requests get on SIGTERM"
+    )
+    workers: int = setting(1, _count, "N", help="processes sharing the port")
+    max_connections: int = setting(100, _count, "N", help="upstream connections open at once")
     # Read with its mode, which _complete keeps in `pacing`.
-    api_requests_per_minute: int | None = setting(None, _pacing, "auto|N|off")
+    api_requests_per_minute: int | None = setting(
+        None,
+        _pacing,
+        "auto|N|off",
+        help="pace API requests: auto (by the upstream's ratelimit headers), N (auto and a cap"
+        " of N a minute) or off",
+    )
     pacing: str = "auto"
-    rate_limit_wait: float = setting(30.0, _seconds_or_zero, "SECONDS")
-    rewrite_links: bool = setting(True, _on_off, "on|off")
-    link_origins: tuple[str, ...] = setting((), _list_of(_origin), "URL,...")
-    redis_url: Secret | None = setting(None, _redis_url, "URL")
-    redis_password_file: Path | None = setting(None, _path, "PATH")
+    rate_limit_wait: float = setting(
+        30.0, _seconds_or_zero, "SECONDS", help="longest a request may be held for the rate limit"
+    )
+    rewrite_links: bool = setting(
+        True,
+        _on_off,
+        "on|off",
+        help="rewrite the API's absolute links in JSON answers to the proxy",
+    )
+    link_origins: tuple[str, ...] = setting(
+        (),
+        _list_of(_origin),
+        "URL,...",
+        help="more origins whose links come back through the proxy",
+    )
+    redis_url: Secret | None = setting(
+        None, _redis_url, "URL", help="Redis shared by a fleet of proxies"
+    )
+    redis_password_file: Path | None = setting(
+        None, _path, "PATH", help="file holding the Redis password"
+    )
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
-# What --help says of each option.
-HELP = {
-    "config": "TOML configuration file",
-    "client_secret": "client secret",
-    "client_secret_file": "file holding the client secret, re-read at every token request",
-    "listen": "address to listen on",
-    "environment": "AgentSync environment",
-    "api_base_url": "API base URL",
-    "token_url": "OAuth 2.0 token endpoint",
-    "client_id": "OAuth client id",
-    "scope": "space-separated scopes to request",
-    "client_auth": "client credentials in the token request's form body (post) or as HTTP Basic",
-    "log_format": "console on a terminal, else json",
-    "log_level": "log level",
-    "log_query": "log query values unmasked",
-    "log_probes": "log /-/ probe requests",
-    "refresh_margin": "renew the token this long before it expires",
-    "token_requests_per_minute": "cap on token requests per minute",
-    "token_timeout": "longest a request waits for a token",
-    "default_token_lifetime": "token lifetime assumed when expires_in is missing or malformed",
-    "connect_timeout": "connect timeout",
-    "upstream_timeout": "no response or no bytes for this long",
-    "client_timeout": "no byte of a request body from the client for this long",
-    "max_body_size": "largest request body",
-    "spool_threshold": "request bodies above this size are kept in a temporary file",
-    "allowed_clients": "client CIDR blocks",
-    "allowed_hosts": "Host names accepted",
-    "allowed_origins": "web origins allowed (CORS)",
-    "ca_bundle": "extra CA bundle",
-    "shutdown_timeout": "time in-flight requests get on SIGTERM",
-    "workers": "processes sharing the port",
-    "max_connections": "upstream connections open at once",
-    "api_requests_per_minute": "pace API requests: auto (by the upstream's ratelimit headers),"
-    " N (auto and a cap of N a minute) or off",
-    "rate_limit_wait": "longest a request may be held for the rate limit",
-    "rewrite_links": "rewrite the API's absolute links in JSON answers to the proxy",
-    "link_origins": "more origins whose links come back through the proxy",
-    "redis_url": "Redis shared by a fleet of proxies",
-    "redis_password_file": "file holding the Redis password",
-}
-
-
-def _option(name: str, parse: Parser, metavar: str | None = None, env: str = "") -> Option:
+def _option(
+    name: str, parse: Parser, metavar: str | None = None, env: str = "", *, help: str
+) -> Option:
     env = env or "AGENTSYNC_PROXY_" + name.upper()
-    return Option(name, env, parse, HELP[name], metavar, flag=name != "client_secret")
+    return Option(name, env, parse, help, metavar, flag=name != "client_secret")
 
 
 OPTIONS = (
     # The inputs that are no field: where more settings are read from, and the client secret's
     # two sources, which _complete makes into Settings.client_secret.
-    _option("config", _path, "FILE"),
-    _option("client_secret", _nonempty, env="AGENTSYNC_CLIENT_SECRET"),
-    _option("client_secret_file", _path, "PATH", "AGENTSYNC_CLIENT_SECRET_FILE"),
+    _option("config", _path, "FILE", help="TOML configuration file"),
+    _option("client_secret", _nonempty, env="AGENTSYNC_CLIENT_SECRET", help="client secret"),
+    _option(
+        "client_secret_file",
+        _path,
+        "PATH",
+        "AGENTSYNC_CLIENT_SECRET_FILE",
+        help="file holding the client secret, re-read at every token request",
+    ),
     *(_option(spec.name, **spec.metadata) for spec in fields(Settings) if spec.metadata),
 )
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
