@@ -503,21 +503,12 @@ def load_settings(flags: Mapping[str, object], environ: Mapping[str, str]) -> Se
     return Settings(**values, warnings=tuple(warnings))
 
 
-@dataclass(frozen=True)
-class Environment:
-    token_url: str
-    api_base_url: str | None
-
-
-def load_environments() -> dict[str, Environment]:
+def load_environments() -> dict[str, dict[str, str]]:
     """The table of AgentSync environments as installed in the package, or from config/."""
     table: Traversable = resources.files("proxy") / ENVIRONMENTS
     if not table.is_file():
         table = Path(__file__).resolve().parent.parent / "config" / ENVIRONMENTS
-    rows = tomllib.loads(table.read_text(encoding="utf-8"))
-    return {
-        name: Environment(row["token_url"], row.get("api_base_url")) for name, row in rows.items()
-    }
+    return tomllib.loads(table.read_text(encoding="utf-8"))
 
 
 def _complete(values: dict[str, Any], sources: Mapping[str, str], problems: list[str]) -> list[str]:
@@ -530,9 +521,9 @@ def _complete(values: dict[str, Any], sources: Mapping[str, str], problems: list
         known = ", ".join(environments)
         problems.append(f"{sources['environment']}: unknown environment {name!r} (one of {known})")
     else:
-        values.setdefault("token_url", environment.token_url)
-        if environment.api_base_url:
-            values.setdefault("api_base_url", environment.api_base_url)
+        values.setdefault("token_url", environment["token_url"])
+        if environment.get("api_base_url"):
+            values.setdefault("api_base_url", environment["api_base_url"])
         elif "api_base_url" not in values:
             problems.append(
                 f"AGENTSYNC_API_BASE_URL: required for the {name} environment, whose API base"
