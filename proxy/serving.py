@@ -27,9 +27,8 @@ BACKLOG = 2048  # a burst of new connections must not overflow the accept queue
 
 
 def serve(settings: Settings, argv: Sequence[str], environ: Mapping[str, str]) -> int:
-    workers = 0  # N when this process is one of N workers, else 0
-    cap = settings.token_requests_per_minute
-    if text := environ.get(WORKER_OF, ""):
+    if text := environ.get(WORKER_OF, ""):  # this process is one of N workers
+        cap = settings.token_requests_per_minute
         workers = whole_number(text) or 0
         if not 1 <= workers <= cap:
             problem = (
@@ -37,16 +36,13 @@ def serve(settings: Settings, argv: Sequence[str], environ: Mapping[str, str]) -
                 " this variable for its own worker processes: unset it"
             )
             raise ConfigError([problem])
-    if workers and settings.redis_url is not None:
         # One of N replicas of a fleet: the workers count their token requests together in
-        # Redis, and each keeps to its share only while Redis is down.
+        # Redis, and each keeps to its share only while Redis is down. Without Redis the cap
+        # is shared: settings refuse more workers than the cap, so every share is at least 1
+        # and they add up to no more than the cap.
+        if settings.redis_url is None:
+            settings = replace(settings, token_requests_per_minute=cap // workers)
         return run(settings, reuse_port=True)
-    if workers:
-        # One of N workers: the port is shared, and so is the cap on token requests. Settings
-        # refuse more workers than the cap, so every share is at least 1 and they add up to
-        # no more than the cap.
-        share = cap // workers
-        return run(replace(settings, token_requests_per_minute=share), reuse_port=True)
     if settings.workers > 1:
         return supervise(settings.workers, argv, environ)
     return run(settings, reuse_port=False)
@@ -68,7 +64,7 @@ async def _run(settings: Settings, reuse_port: bool) -> int:
         settings.listen,
         shutdown_timeout=settings.shutdown_timeout,
         backlog=BACKLOG,
-        reuse_port=reuse_port or None,
+        reuse_port=reuse_port,
     )
     try:
         log.info(
