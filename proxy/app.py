@@ -33,6 +33,7 @@ from proxy.metrics import Metrics
 from proxy.pacing import Mode, Pacer
 from proxy.replay import send_with_replay
 from proxy.settings import Settings
+from proxy.token_endpoint import TokenEndpoint
 from proxy.tokens import CountedFetcher, TokenFetcher, TokenSource
 
 log = structlog.get_logger("proxy")
@@ -59,7 +60,7 @@ def create_app(
     async def resources(app: web.Application) -> AsyncIterator[None]:
         app[CLIENT] = upstream = clients.upstream_session(settings)
         token_session = clients.token_session(settings)
-        endpoint = clients.token_endpoint(token_session, settings)
+        endpoint = TokenEndpoint(token_session, settings)
         fetcher: TokenFetcher = CountedFetcher(endpoint, metrics.token_attempt)
         fleet = None
         if settings.redis_url is not None:

@@ -14,7 +14,7 @@ import structlog
 from proxy import __version__, clients, demo, logs, serving
 from proxy.errors import TokenError
 from proxy.settings import OPTIONS, ConfigError, Settings, load_settings
-from proxy.token_endpoint import Token
+from proxy.token_endpoint import Token, TokenEndpoint
 from proxy.tokens import TokenSource
 
 COMMANDS = {
@@ -106,9 +106,8 @@ def check(settings: Settings) -> int:
 
 async def _one_token(settings: Settings) -> Token | TokenError:
     async with clients.token_session(settings) as session:
-        endpoint = clients.token_endpoint(session, settings)
         source = TokenSource(
-            endpoint,
+            TokenEndpoint(session, settings),
             requests_per_minute=settings.token_requests_per_minute,
             wait_timeout=settings.token_timeout,
         )

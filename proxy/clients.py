@@ -10,7 +10,6 @@ import aiohttp
 from yarl import URL
 
 from proxy.settings import Settings
-from proxy.token_endpoint import TokenEndpoint
 
 KEEPALIVE = 30.0  # seconds an idle upstream connection stays in the pool
 # Headers aiohttp would add on its own; the client's own, if it sent them, still pass.
@@ -61,18 +60,4 @@ def token_session(settings: Settings) -> aiohttp.ClientSession:
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout),
         cookie_jar=aiohttp.DummyCookieJar(),
         proxy=env_proxy(settings.token_url),
-    )
-
-
-def token_endpoint(session: aiohttp.ClientSession, settings: Settings) -> TokenEndpoint:
-    return TokenEndpoint(
-        session=session,
-        url=settings.token_url,
-        client_id=settings.client_id,
-        client_secret=settings.client_secret,
-        environment=settings.environment,
-        scope=settings.scope,
-        client_auth=settings.client_auth,
-        default_lifetime=settings.default_token_lifetime,
-        timeout=settings.token_timeout,
     )

@@ -15,8 +15,9 @@ from urllib.parse import quote
 import aiohttp
 import structlog
 
-from proxy.credentials import ClientSecret, Secret
+from proxy.credentials import Secret
 from proxy.errors import TokenRejected, TokenUnavailable
+from proxy.settings import Settings
 
 log = structlog.get_logger("proxy.tokens")
 RETRY_AFTER_CAP = 120.0
@@ -69,46 +70,40 @@ class TokenEndpoint:
     """Posts the client-credentials grant; `fetch` is the one method the token cache needs."""
 
     session: aiohttp.ClientSession
-    url: str
-    client_id: str
-    client_secret: ClientSecret
-    environment: str
-    scope: str | None = None
-    client_auth: str = "post"
-    default_lifetime: float = 3600.0
-    timeout: float = 30.0
+    settings: Settings
 
     async def fetch(self) -> Token:
+        settings = self.settings
         try:
-            secret = self.client_secret.read().reveal()
+            secret = settings.client_secret.read().reveal()
         except (OSError, UnicodeDecodeError):
             raise TokenUnavailable(
-                f"cannot read the client secret file {self.client_secret.file}"
+                f"cannot read the client secret file {settings.client_secret.file}"
             ) from None
         form = {"grant_type": "client_credentials"}
         headers = {"Accept": "application/json"}
-        if self.client_auth == "basic":
-            pair = f"{quote(self.client_id, safe='')}:{quote(secret, safe='')}"
+        if settings.client_auth == "basic":
+            pair = f"{quote(settings.client_id, safe='')}:{quote(secret, safe='')}"
             headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
         else:
-            form["client_id"] = self.client_id
+            form["client_id"] = settings.client_id
             form["client_secret"] = secret
-        if self.scope:
-            form["scope"] = self.scope
+        if settings.scope:
+            form["scope"] = settings.scope
         started = time.monotonic()
         try:
             async with self.session.post(
-                self.url,
+                settings.token_url,
                 data=form,
                 headers=headers,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                timeout=aiohttp.ClientTimeout(total=settings.token_timeout),
             ) as response:
                 return self._interpret(response, await response.read(), started)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
             raise TokenUnavailable(
-                f"the token endpoint {self.url} could not be reached ({reason});"
+                f"the token endpoint {settings.token_url} could not be reached ({reason});"
                 " check AGENTSYNC_TOKEN_URL and the network",
             ) from None
 
@@ -144,7 +139,7 @@ class TokenEndpoint:
             )
         lifetime = _lifetime(payload.get("expires_in"))
         if lifetime is None:
-            lifetime = self.default_lifetime
+            lifetime = self.settings.default_token_lifetime
             log.warning(
                 "token_expires_in_missing"
                 if "expires_in" not in payload
@@ -157,11 +152,12 @@ class TokenEndpoint:
             value=Secret(access_token),
             expires_at=started + lifetime,
             lifetime=lifetime,
-            scope=scope if isinstance(scope, str) else self.scope,
+            scope=scope if isinstance(scope, str) else self.settings.scope,
             expires_at_wall=time.time() + lifetime,
         )
 
     def _rejection_description(self, status: int, payload: object) -> str:
+        environment = self.settings.environment
         payload = payload if isinstance(payload, dict) else {}
         code = payload.get("error") or payload.get("errorCode") or f"HTTP {status}"
         summary = payload.get("error_description") or payload.get("errorSummary") or ""
@@ -170,7 +166,7 @@ class TokenEndpoint:
         if code_text in ("invalid_scope", "access_denied"):
             action = (
                 "check AGENTSYNC_SCOPE against the scopes granted to the client for the"
-                f" {self.environment} environment"
+                f" {environment} environment"
             )
         elif code_text in ("unsupported_grant_type", "unauthorized_client"):
             action = (
@@ -179,7 +175,7 @@ class TokenEndpoint:
         else:
             action = (
                 f"check AGENTSYNC_CLIENT_ID and AGENTSYNC_CLIENT_SECRET for the"
-                f" {self.environment} environment, and AGENTSYNC_CLIENT_AUTH (post or basic)"
+                f" {environment} environment, and AGENTSYNC_CLIENT_AUTH (post or basic)"
             )
         return (
             f"the token endpoint rejected the proxy's request ({code_text}{summary_text}); {action}"

@@ -25,6 +25,7 @@ from proxy.fleet_tokens import FleetTokenFetcher, join_fleet
 from proxy.redis_link import RedisLink, RedisUnavailable
 from proxy.servers import RunningSimulator, settings_for
 from proxy.settings import Settings
+from proxy.token_endpoint import TokenEndpoint
 from proxy.tokens import CapReached, TokenSource
 from tests.redis_server import RedisServer, running_redis
 
@@ -44,7 +45,7 @@ async def replica(
     """What a proxy with a Redis URL builds: the fleet and the token endpoint wrapped for it."""
     async with AsyncExitStack() as stack:
         session = await stack.enter_async_context(clients.token_session(settings))
-        endpoint = clients.token_endpoint(session, settings)
+        endpoint = TokenEndpoint(session, settings)
         fleet, fetcher = await join_fleet(settings, endpoint, on_redis=on_redis)
         stack.push_async_callback(fleet.close)
         yield fleet, fetcher

@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestServer
 
 from proxy.credentials import ClientSecret, Secret
 from proxy.errors import TokenRejected, TokenUnavailable
+from proxy.settings import Settings
 from proxy.token_endpoint import RETRY_AFTER_CAP, TokenEndpoint, retry_after_seconds
 from tests.conftest import ProxyFactory
 from tests.rawhttp import RawUpstream
@@ -99,12 +100,14 @@ async def answering(
         yield (
             answers,
             TokenEndpoint(
-                session=session,
-                url=str(server.make_url("/oauth2/token")),
-                client_id="client",
-                client_secret=ClientSecret(Secret("client-secret-value")),
-                environment="sandbox",
-                default_lifetime=1234.0,
+                session,
+                Settings(
+                    api_base_url="https://api.example",
+                    token_url=str(server.make_url("/oauth2/token")),
+                    client_id="client",
+                    client_secret=ClientSecret(Secret("client-secret-value")),
+                    default_token_lifetime=1234.0,
+                ),
             ),
         )
 
