@@ -241,15 +241,12 @@ class TokenSource:
             sleep=self.sleep,
             reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
-                wait = self.cap.try_acquire()
-                if wait:
-                    raise CapReached(self._cap_reached_description(), retry_after=wait)
-                return await self._attempt()
-        raise AssertionError("unreachable: tenacity reraises the last error")
+        return await retrying.wraps(self._attempt)()
 
     async def _attempt(self) -> Token:
+        wait = self.cap.try_acquire()
+        if wait:
+            raise CapReached(self._cap_reached_description(), retry_after=wait)
         try:
             token = await self.fetcher.fetch()
             self._unavailable_in_a_row, self._last_request_failed = 0, None
