@@ -53,9 +53,6 @@ class TokenSeal:
         self.key_id = _derive(secret, b"key id\0" + binding, 8).hex()
         self._associated = b"agentsync-proxy token\0" + binding
 
-    def __repr__(self) -> str:
-        return f"TokenSeal(key_id={self.key_id!r})"
-
     def fingerprint(self, token: Secret) -> bytes:
         digest = hmac.new(self._fingerprint_key, token.reveal().encode(), hashlib.sha256)
         return digest.digest()[:FINGERPRINT_SIZE]
