@@ -11,10 +11,6 @@ from yarl import URL
 
 from proxy.settings import Settings
 
-KEEPALIVE = 30.0  # seconds an idle upstream connection stays in the pool
-# Headers aiohttp would add on its own; the client's own, if it sent them, still pass.
-NOT_ADDED = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
-
 
 def ssl_context(settings: Settings) -> ssl.SSLContext:
     """The system's CAs, plus --ca-bundle's; certificates and host names are always verified."""
@@ -39,7 +35,7 @@ def upstream_session(settings: Settings) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
         limit=settings.max_connections,
         limit_per_host=settings.max_connections,
-        keepalive_timeout=KEEPALIVE,
+        keepalive_timeout=30.0,  # seconds an idle upstream connection stays in the pool
         ssl=ssl_context(settings),
     )
     return aiohttp.ClientSession(
@@ -49,7 +45,8 @@ def upstream_session(settings: Settings) -> aiohttp.ClientSession:
         ),
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=NOT_ADDED,
+        # Headers aiohttp would add on its own; the client's own, if it sent them, still pass.
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         proxy=env_proxy(settings.api_base_url),
     )
 
