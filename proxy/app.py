@@ -54,8 +54,7 @@ def create_app(
     app[METRICS] = metrics = Metrics()
     app[ACCESS_LOG] = access_log = AccessLog(metrics, settings.log_query)
     mode: Mode = "off" if settings.pacing == "off" else settings.api_requests_per_minute or "auto"
-    app[PACER] = pacer = Pacer.for_mode(mode, settings.rate_limit_wait)
-    pacer.observer = metrics
+    app[PACER] = pacer = Pacer.for_mode(mode, settings.rate_limit_wait, metrics)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         app[CLIENT] = upstream = clients.upstream_session(settings)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple, Protocol
 
 from proxy.errors import RateLimited
+from proxy.metrics import Metrics
 from proxy.token_endpoint import RETRY_AFTER_CAP, retry_after_seconds
 
 WINDOW = 60.0  # AgentSync counts requests a minute
@@ -153,26 +154,6 @@ class MemoryPacingState:
         self.interval = max(self._floor, self.interval if interval is None else interval)
 
 
-class Observer(Protocol):
-    """Told of what the pacer does, for metrics (proxy.metrics.Metrics); by default, nothing."""
-
-    def held(self, seconds: float) -> None:
-        return None
-
-    def rate_limited(self) -> None:
-        return None
-
-    def upstream_429(self) -> None:
-        return None
-
-    def announced(self, remaining: float) -> None:
-        return None
-
-
-class _Unobserved(Observer):
-    pass
-
-
 @dataclass(slots=True)
 class Ticket:
     """One request's passage: how long it was held; settled once answered or abandoned."""
@@ -189,34 +170,26 @@ class Pacer:
         self,
         state: PacingState | None,
         max_wait: float,
+        metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
-        self.state, self.max_wait = state, max_wait  # state None: off
+        self.state, self.max_wait, self.metrics = state, max_wait, metrics  # state None: off
         self._clock, self._sleep = clock, sleep
-        # For metrics: requests that left after being held, for how long in all; requests
-        # refused; upstream 429s; the budget the upstream last announced.
-        self.observer: Observer = _Unobserved()
-        self.held = self.refused = self.upstream_429s = 0
-        self.held_seconds = 0.0
-        self.budget: Budget | None = None
-
-    @classmethod
-    def off(cls) -> Pacer:
-        return cls(None, 0.0)
 
     @classmethod
     def for_mode(
         cls,
         mode: Mode,
         max_wait: float,
+        metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> Pacer:
         if mode == "off":
-            return cls.off()
+            return cls(None, max_wait, metrics)
         per_minute = None if mode == "auto" else mode
-        return cls(MemoryPacingState(clock, per_minute), max_wait, clock, sleep)
+        return cls(MemoryPacingState(clock, per_minute), max_wait, metrics, clock, sleep)
 
     async def hold(self, max_wait: float | None = None) -> Ticket:
         """Wait for this request's slot; RateLimited, at once, if it is more than `max_wait`
@@ -242,9 +215,7 @@ class Pacer:
             await self.state.give_back(reservation)
             raise self._refusal(wait)
         held = self._clock() - started
-        self.held += 1
-        self.held_seconds += held
-        self.observer.held(held)
+        self.metrics.held(held)
         return Ticket(held, reservation=reservation)
 
     async def answered(
@@ -254,15 +225,13 @@ class Pacer:
         every request until its Retry-After, else its ratelimit-reset, and return that pause in
         seconds: the caller replays the request once if it fits within the wait budget."""
         if status == 429:
-            self.upstream_429s += 1
-            self.observer.upstream_429()
+            self.metrics.upstream_429()
         if ticket.settled or self.state is None or ticket.reservation is None:
             return None
         ticket.settled = True
         budget = read_budget(headers)
         if budget is not None:
-            self.budget = budget
-            self.observer.announced(budget.remaining)
+            self.metrics.announced(budget.remaining)
         if status != 429:
             await self.state.settle(ticket.reservation, budget)
             return None
@@ -280,8 +249,7 @@ class Pacer:
             await self.state.settle(ticket.reservation, None)
 
     def _refusal(self, wait: float) -> RateLimited:
-        self.refused += 1
-        self.observer.rate_limited()
+        self.metrics.rate_limited()
         return RateLimited(
             f"the API's rate limit would hold this request {math.ceil(wait)} s, longer than"
             " --rate-limit-wait; retry after Retry-After seconds",

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from proxy.credentials import Secret
 from proxy.fleet import Fleet
 from proxy.fleet_pacing import RedisPacingState
+from proxy.metrics import Metrics
 from proxy.pacing import Pacer, Ticket
 from proxy.servers import RunningSimulator, settings_for
 from proxy.simulator import SimulatorConfig
@@ -134,7 +135,7 @@ async def test_an_upstream_429_on_one_replica_holds_another(
     agentsync_simulator: RunningSimulator, redis_server: RedisServer
 ) -> None:
     async with replicas(agentsync_simulator, redis_server, 2) as (first, second):
-        one, other = Pacer(first, 30.0), Pacer(second, 30.0)
+        one, other = Pacer(first, 30.0, Metrics()), Pacer(second, 30.0, Metrics())
         await one.answered(await one.hold(), 200, budget(100, 60))
         async with asyncio.timeout(10):  # the other replica hears of it at its heartbeat
             while second.interval < 0.5:
@@ -144,14 +145,14 @@ async def test_an_upstream_429_on_one_replica_holds_another(
         started = time.monotonic()
         held = (await other.hold()).held
     assert 1.5 <= held <= time.monotonic() - started
-    assert other.held == 1
+    assert other.metrics.registry.get_sample_value("agentsync_proxy_rate_limit_held_total") == 1
 
 
 async def test_a_429_reaches_a_replica_pacing_alone_at_its_heartbeat(
     agentsync_simulator: RunningSimulator, redis_server: RedisServer
 ) -> None:
     async with replicas(agentsync_simulator, redis_server, 2) as (first, second):
-        one, other = Pacer(first, 30.0), Pacer(second, 30.0)
+        one, other = Pacer(first, 30.0, Metrics()), Pacer(second, 30.0, Metrics())
         assert await holds(other, 5) == [0.0] * 5  # nothing announced: nothing asks Redis
         await one.answered(await one.hold(), 429, budget(0, 3, retry_after=3))
         async with asyncio.timeout(10):
@@ -166,7 +167,7 @@ async def test_with_redis_down_each_replica_paces_on_its_share_then_shares_again
 ) -> None:
     # A cap of 600 a minute for the fleet: one every 0.1 s; each of 3 replicas alone, 0.3 s.
     async with replicas(agentsync_simulator, redis_server, 3, per_minute=600) as states:
-        pacers = [Pacer(state, 30.0) for state in states]
+        pacers = [Pacer(state, 30.0, Metrics()) for state in states]
         assert one_pace(await asyncio.gather(holds(pacers[0], 2), holds(pacers[1], 2)))
 
         with structlog.testing.capture_logs() as logs:
@@ -201,7 +202,7 @@ async def test_a_held_request_that_goes_away_gives_its_slot_to_another_replica(
             sleeping.set()
             await asyncio.sleep(seconds)
 
-        one, other = Pacer(first, 30.0, sleep=sleep), Pacer(second, 30.0)
+        one, other = Pacer(first, 30.0, Metrics(), sleep=sleep), Pacer(second, 30.0, Metrics())
         await one.answered(await one.hold(), 200, CIMultiDict())  # slot 0
         leaving = asyncio.create_task(one.hold())  # slot 1, held
         await sleeping.wait()
@@ -219,7 +220,7 @@ async def test_requests_in_flight_count_only_while_their_replica_is_alive(
 ) -> None:
     # No heartbeat during the test: the replica stays in the fleet's set until it is taken out.
     async with replicas(agentsync_simulator, redis_server, 1, heartbeat=60) as (state,):
-        pacer = Pacer(state, 30.0)
+        pacer = Pacer(state, 30.0, Metrics())
         await pacer.answered(await pacer.hold(), 200, budget(1000, 10))  # 0.01 s apart
         tickets = [await pacer.hold() for _ in range(4)]  # in flight
         await pacer.answered(tickets[0], 200, budget(10, 10))

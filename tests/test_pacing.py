@@ -17,6 +17,7 @@ import pytest
 from multidict import CIMultiDict
 
 from proxy.errors import RateLimited, error_response
+from proxy.metrics import Metrics
 from proxy.pacing import (
     COUNT_CAP,
     Budget,
@@ -68,7 +69,12 @@ async def let_tasks_run() -> None:
 
 
 def pacer_on(clock: VirtualTime, mode: Mode = "auto", max_wait: float = 30.0) -> Pacer:
-    return Pacer.for_mode(mode, max_wait, clock=clock, sleep=clock.sleep)
+    return Pacer.for_mode(mode, max_wait, Metrics(), clock=clock, sleep=clock.sleep)
+
+
+def reported(pacer: Pacer, metric: str) -> float | None:
+    """What the pacer's metrics show for `metric`, as /-/metrics would."""
+    return pacer.metrics.registry.get_sample_value(f"agentsync_proxy_{metric}")
 
 
 def ratelimit(remaining: object, reset: object, limit: object = None) -> CIMultiDict[str]:
@@ -112,7 +118,9 @@ async def test_nothing_is_held_before_any_budget_is_announced() -> None:
     for ticket in tickets[:100]:  # answers that announce nothing change nothing
         await pacer.answered(ticket, 200, CIMultiDict({"Content-Type": "application/json"}))
     assert await departures(pacer, clock, 100) == [0.0] * 100
-    assert (clock.sleeps, pacer.held, pacer.budget) == (0, 0, None)
+    assert (clock.sleeps, reported(pacer, "rate_limit_held_total")) == (0, 0)
+    remaining = reported(pacer, "rate_limit_remaining")
+    assert remaining is not None and math.isnan(remaining)  # NaN: nothing announced
 
 
 async def test_an_announced_budget_spaces_departures_evenly_in_arrival_order() -> None:
@@ -121,9 +129,9 @@ async def test_an_announced_budget_spaces_departures_evenly_in_arrival_order() -
     await answer(pacer, ratelimit(119, 60))
     times = await departures(pacer, clock, 10)
     assert times == pytest.approx([index * 60 / 119 for index in range(10)])
-    assert pacer.held == 9
-    assert pacer.held_seconds == pytest.approx(sum(times))
-    assert pacer.budget == Budget(remaining=119, reset=60.0)
+    assert reported(pacer, "rate_limit_held_total") == 9
+    assert reported(pacer, "rate_limit_held_seconds_sum") == pytest.approx(sum(times))
+    assert reported(pacer, "rate_limit_remaining") == 119
 
 
 async def test_requests_in_flight_spend_part_of_the_announced_budget() -> None:
@@ -210,13 +218,15 @@ async def test_a_state_divided_among_three_keeps_to_a_third_of_the_cap_and_budge
 
 async def test_off_holds_nothing_and_refuses_nothing() -> None:
     clock = VirtualTime()
-    pacer = Pacer.off()
+    pacer = pacer_on(clock, mode="off")
     for _ in range(3):
         await pacer.answered(await pacer.hold(), 200, ratelimit(0, 60))
     pause = await pacer.answered(await pacer.hold(), 429, CIMultiDict({"Retry-After": "60"}))
     assert pause is None
     assert await departures(pacer, clock, 1000) == [0.0] * 1000
-    assert (pacer.held, pacer.refused, pacer.upstream_429s) == (0, 0, 1)
+    assert reported(pacer, "rate_limit_held_total") == 0
+    assert reported(pacer, "rate_limited_total") == 0
+    assert reported(pacer, "upstream_rate_limited_total") == 1
 
 
 async def test_a_request_over_the_wait_budget_is_refused_at_once_without_taking_a_slot() -> None:
@@ -230,7 +240,7 @@ async def test_a_request_over_the_wait_budget_is_refused_at_once_without_taking_
         await pacer.hold()
     assert refused.value.retry_after == pytest.approx(3)
     assert refused.value.headers() == {"Retry-After": "3"}
-    assert pacer.refused == 1
+    assert reported(pacer, "rate_limited_total") == 1
     await clock.run(*held)
     assert log == [("a", 0.0), ("b", 1.0), ("c", 2.0)]
     # The slot a second after c's is still free: the refused request took nothing.
@@ -291,7 +301,7 @@ async def test_an_upstream_429_holds_every_request_until_the_time_it_names(
     await let_tasks_run()
     pause = await pacer.answered(rejected, 429, CIMultiDict(headers()))
     assert pause == pytest.approx(10, abs=1)  # an HTTP date is in whole seconds
-    assert pacer.upstream_429s == 1
+    assert reported(pacer, "upstream_rate_limited_total") == 1
     replay = leaving(pacer, clock, log, "replay")
     new = leaving(pacer, clock, log, "new")
     await clock.run(sent, replay, new, *held)
@@ -329,11 +339,11 @@ async def test_a_held_request_that_a_429_pushes_past_the_wait_budget_is_refused(
     with pytest.raises(RateLimited) as refused:
         await clock.run(held)
     assert refused.value.retry_after == pytest.approx(40)
-    assert (pacer.refused, sent.held) == (1, 0.0)
+    assert (reported(pacer, "rate_limited_total"), sent.held) == (1, 0.0)
 
 
 async def test_pacing_on_the_event_loops_own_clock() -> None:
-    pacer = Pacer.for_mode("auto", 30)
+    pacer = Pacer.for_mode("auto", 30, Metrics())
     await pacer.answered(await pacer.hold(), 200, ratelimit(20, 1))  # one every 50 ms
 
     async def request() -> float:

@@ -15,6 +15,7 @@ import pytest
 from proxy.access import Exchange
 from proxy.credentials import Secret
 from proxy.errors import TokenUnavailable
+from proxy.metrics import Metrics
 from proxy.pacing import Pacer
 from proxy.replay import send_with_replay
 from proxy.servers import RunningSimulator, running_proxy, settings_for
@@ -256,6 +257,7 @@ async def test_replay_policy_lets_the_401_go_and_reports_a_failed_renewal() -> N
 
     record = Exchange("id", "GET", "/v1/x", None)
     with pytest.raises(TokenUnavailable):
-        await send_with_replay(send, TokensThatCannotRenew(), Pacer.off(), record)
+        pacer = Pacer.for_mode("off", 30.0, Metrics())
+        await send_with_replay(send, TokensThatCannotRenew(), pacer, record)
     assert rejected.released
     assert not record.replayed  # without a new token nothing was sent again
