@@ -156,11 +156,11 @@ class MemoryPacingState:
 
 @dataclass(slots=True)
 class Ticket:
-    """One request's passage: how long it was held; settled once answered or abandoned."""
+    """One request's passage: how long it was held, and the reservation it left on until it is
+    settled (answered or abandoned) on the same state; None with pacing off."""
 
     held: float = 0.0
-    settled: bool = False
-    reservation: Reservation | None = None  # what it left on; settled on the same state
+    reservation: Reservation | None = None
 
 
 class Pacer:
@@ -191,13 +191,12 @@ class Pacer:
         per_minute = None if mode == "auto" else mode
         return cls(MemoryPacingState(clock, per_minute), max_wait, metrics, clock, sleep)
 
-    async def hold(self, max_wait: float | None = None) -> Ticket:
+    async def hold(self) -> Ticket:
         """Wait for this request's slot; RateLimited, at once, if it is more than `max_wait`
-        (default: the pacer's) away, or later, if a pause pushes it beyond."""
+        away, or later, if a pause pushes it beyond."""
         if self.state is None:
-            return Ticket(settled=True)
-        limit = self.max_wait if max_wait is None else max_wait
-        reservation = await self.state.reserve(limit)
+            return Ticket()
+        reservation = await self.state.reserve(self.max_wait)
         if isinstance(reservation, Refusal):
             raise self._refusal(reservation.wait)
         wait = reservation.wait
@@ -205,7 +204,7 @@ class Pacer:
             return Ticket(reservation=reservation)
         started = self._clock()
         try:
-            while wait > 0 and self._clock() - started + wait <= limit:
+            while wait > 0 and self._clock() - started + wait <= self.max_wait:
                 await self._sleep(wait)
                 wait = await self.state.depart(reservation)
         except asyncio.CancelledError:  # the client went away: the slot goes to the next one
@@ -226,27 +225,27 @@ class Pacer:
         seconds: the caller replays the request once if it fits within the wait budget."""
         if status == 429:
             self.metrics.upstream_429()
-        if ticket.settled or self.state is None or ticket.reservation is None:
+        reservation, ticket.reservation = ticket.reservation, None
+        if reservation is None or self.state is None:
             return None
-        ticket.settled = True
         budget = read_budget(headers)
         if budget is not None:
             self.metrics.announced(budget.remaining)
         if status != 429:
-            await self.state.settle(ticket.reservation, budget)
+            await self.state.settle(reservation, budget)
             return None
         pause = retry_after_seconds(headers.get("retry-after"))
         if pause is None:
             pause = budget.reset if budget is not None else UNHINTED_PAUSE
         limit = budget.limit if budget is not None else None
-        await self.state.settle(ticket.reservation, Budget(remaining=0, reset=pause, limit=limit))
+        await self.state.settle(reservation, Budget(remaining=0, reset=pause, limit=limit))
         return pause
 
     async def abandoned(self, ticket: Ticket) -> None:
         """Settle a request that got no answer."""
-        if not ticket.settled and self.state is not None and ticket.reservation is not None:
-            ticket.settled = True
-            await self.state.settle(ticket.reservation, None)
+        reservation, ticket.reservation = ticket.reservation, None
+        if reservation is not None and self.state is not None:
+            await self.state.settle(reservation, None)
 
     def _refusal(self, wait: float) -> RateLimited:
         self.metrics.rate_limited()
