@@ -9,12 +9,9 @@ import hashlib
 import secrets
 from collections.abc import Awaitable, Callable
 
-import structlog
-
 from proxy.redis_link import CONNECT_TIMEOUT, RedisLink, RedisUnavailable
 from proxy.settings import Settings
 
-log = structlog.get_logger("proxy.fleet")
 KEY_PREFIX = "agentsync-proxy:"  # every key of the proxy's: an ACL can allow ~agentsync-proxy:*
 HEARTBEAT = 2.0  # seconds between announcements; a replica counts as alive for three of them
 
@@ -53,10 +50,6 @@ class Fleet:
 
     def key(self, *parts: str) -> str:
         return ":".join((KEY_PREFIX + self.namespace, *parts))
-
-    @property
-    def redis_up(self) -> bool:
-        return self.link.up
 
     def replicas_alive(self) -> int:
         """Replicas heard from in the last three heartbeats, this one included (while Redis is

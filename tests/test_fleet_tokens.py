@@ -145,7 +145,7 @@ async def test_replicas_alive_counts_the_announced_replicas(
             assert first.replicas_alive() == 2
         await first.announce()  # the second left on closing
         assert first.replicas_alive() == 1
-        assert first.redis_up
+        assert first.link.up
 
 
 async def test_redis_down_keeps_the_last_count_and_falls_back_to_a_token_of_its_own(
@@ -161,11 +161,11 @@ async def test_redis_down_keeps_the_last_count_and_falls_back_to_a_token_of_its_
         token = await fetcher.fetch()
         assert token.value.reveal() in agentsync_simulator.state.tokens.issued()
         assert first.replicas_alive() == 2
-        assert not first.redis_up
+        assert not first.link.up
         assert states == [False]
         await redis_server.start()
         await first.announce()
-        assert first.redis_up
+        assert first.link.up
         assert states == [False, True]
 
 
@@ -183,7 +183,7 @@ async def test_a_redis_that_does_not_answer_costs_one_bounded_wait(
     try:
         started = time.monotonic()
         async with replica(settings) as (fleet, fetcher):
-            assert not fleet.redis_up
+            assert not fleet.link.up
             assert time.monotonic() - started < 2  # one 100 ms wait on a loaded machine
             started = time.monotonic()
             await fetcher.fetch()  # a token of its own, without waiting on Redis again
@@ -303,7 +303,7 @@ async def test_the_readmes_acl_allows_everything_the_fleet_does(
         fetcher.rejected(await fetcher.fetch())
         await fetcher.fetch()
         await fleet.announce()
-        assert fleet.redis_up
+        assert fleet.link.up
     assert states == []  # never down: no command was refused
     assert agentsync_simulator.state.token_requests == 2
 
@@ -315,7 +315,7 @@ async def test_an_unreadable_password_file_means_serving_alone_with_one_warning(
     settings = fleet_settings(agentsync_simulator, redis_server.url(), redis_password_file=missing)
     with structlog.testing.capture_logs() as logs:
         async with replica(settings) as (fleet, fetcher):
-            assert not fleet.redis_up
+            assert not fleet.link.up
             with pytest.raises(RedisUnavailable) as refused:
                 await fleet.link.probe(lambda redis: redis.ping())
             await fetcher.fetch()
