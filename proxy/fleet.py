@@ -29,12 +29,14 @@ return redis.call('ZCARD', KEYS[1])
 class Fleet:
     """The replicas of one AgentSync client (client id and token URL) on one Redis."""
 
-    def __init__(self, link: RedisLink, namespace: str, *, heartbeat: float = HEARTBEAT) -> None:
+    def __init__(self, link: RedisLink, namespace: str) -> None:
         self.link = link
         self.namespace = namespace
-        self.heartbeat = heartbeat
+        self.heartbeat = HEARTBEAT
         self.replica = secrets.token_hex(8)
-        self._alive = 1
+        # Replicas heard from in the last three heartbeats, this one included (while Redis is
+        # down, as it last answered): what a replica's own share of a fleet's budget divides by.
+        self.replicas_alive = 1
         self._announce = link.script(_ANNOUNCE)
         self._beating: asyncio.Task[None] | None = None
         self._on_heartbeat: list[Callable[[], Awaitable[None]]] = []
@@ -50,11 +52,6 @@ class Fleet:
 
     def key(self, *parts: str) -> str:
         return ":".join((KEY_PREFIX + self.namespace, *parts))
-
-    def replicas_alive(self) -> int:
-        """Replicas heard from in the last three heartbeats, this one included (while Redis is
-        down, as it last answered): what a replica's own share of a fleet's budget divides by."""
-        return self._alive
 
     def on_heartbeat(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Await `callback()` after each heartbeat that reached Redis (it must not raise)."""
@@ -74,7 +71,7 @@ class Fleet:
                 lambda _: self._announce(keys=[self.key("replicas")], args=[self.replica, ttl_ms]),
                 within=CONNECT_TIMEOUT,
             )
-            self._alive = max(1, int(count))
+            self.replicas_alive = max(1, int(count))
 
     async def close(self) -> None:
         """Stop announcing, leave the fleet (the others stop counting it at once), disconnect."""

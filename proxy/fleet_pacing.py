@@ -213,7 +213,7 @@ class RedisPacingState:
             budget = Budget(heard.remaining, left, heard.limit) if left > 0 else None
         await self._tell(budget)
         if not self._was_shared:
-            self.local.divide(self.fleet.replicas_alive())
+            self.local.divide(self.fleet.replicas_alive)
 
     async def _tell(self, budget: Budget | None) -> None:
         self._unsent = None
@@ -229,7 +229,7 @@ class RedisPacingState:
     async def _reserve_alone(self, max_wait: float) -> Reservation | Refusal:
         if self._was_shared:  # from the fleet's state to this replica's share of it
             self._was_shared = False
-            replicas = self.fleet.replicas_alive()
+            replicas = self.fleet.replicas_alive
             self.local.divide(replicas, self.interval * replicas)
             self.local.hold_until(self.paused_until)
         reservation = await self.local.reserve(max_wait)

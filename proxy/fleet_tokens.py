@@ -183,12 +183,12 @@ class FleetTokenFetcher:
             # Without Redis the token serves this replica; the fleet shares again once it is back.
             with contextlib.suppress(RedisUnavailable):
                 await self.fleet.link.call(lambda redis: redis.set(token_key, entry, px=ttl_ms))
-        log.info("token_requested", for_fleet=True, replicas_alive=self.fleet.replicas_alive())
+        log.info("token_requested", for_fleet=True, replicas_alive=self.fleet.replicas_alive)
         return token
 
     async def _alone(self) -> Token:
         """Redis is unavailable: a token of this replica's own, within its share of the cap."""
-        alive = self.fleet.replicas_alive()
+        alive = self.fleet.replicas_alive
         self._own_cap.limit = max(1, self.settings.token_requests_per_minute // alive)
         wait = self._own_cap.try_acquire()
         if wait:

@@ -105,7 +105,7 @@ async def replicas(
             stack.push_async_callback(member.close)
             fleets.append(member)
         async with asyncio.timeout(10):
-            while any(member.replicas_alive() < count for member in fleets):
+            while any(member.replicas_alive < count for member in fleets):
                 await asyncio.sleep(heartbeat / 4)
         yield [await RedisPacingState.joined(member, per_minute) for member in fleets]
 

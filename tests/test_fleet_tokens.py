@@ -140,11 +140,11 @@ async def test_replicas_alive_counts_the_announced_replicas(
     settings = fleet_settings(agentsync_simulator, redis_server.url())
     async with replica(settings) as (first, _):
         async with replica(settings) as (second, _):
-            assert second.replicas_alive() == 2
+            assert second.replicas_alive == 2
             await first.announce()
-            assert first.replicas_alive() == 2
+            assert first.replicas_alive == 2
         await first.announce()  # the second left on closing
-        assert first.replicas_alive() == 1
+        assert first.replicas_alive == 1
         assert first.link.up
 
 
@@ -160,7 +160,7 @@ async def test_redis_down_keeps_the_last_count_and_falls_back_to_a_token_of_its_
         await redis_server.kill()
         token = await fetcher.fetch()
         assert token.value.reveal() in agentsync_simulator.state.tokens.issued()
-        assert first.replicas_alive() == 2
+        assert first.replicas_alive == 2
         assert not first.link.up
         assert states == [False]
         await redis_server.start()
