@@ -155,9 +155,6 @@ class RedisPacingState:
         await state.look()
         return state
 
-    def __repr__(self) -> str:
-        return f"RedisPacingState({self.fleet!r})"
-
     async def reserve(self, max_wait: float) -> Reservation | Refusal:
         if self._alone or not self.fleet.link.up:
             return await self._reserve_alone(max_wait)

@@ -87,9 +87,6 @@ class FleetTokenFetcher:
         self._release_script = link.script(_RELEASE)
         self._slot_script = link.script(_TAKE_SLOT)
 
-    def __repr__(self) -> str:
-        return f"FleetTokenFetcher({self.fleet!r})"
-
     def rejected(self, token: Token) -> None:
         """The upstream answered 401 to `token`: the next fetch evicts it from Redis if it is
         still the shared one, and does not take it from there again."""
@@ -138,9 +135,8 @@ class FleetTokenFetcher:
     async def _read(self, seal: TokenSeal, token_key: str) -> Token | None:
         """The shared token, unless it is missing, cannot be opened, was rejected here, or is
         itself due for renewal."""
-        reply = await self.fleet.link.call(lambda _: self._read_script(keys=[token_key]))
-        entry, ttl_ms = reply if isinstance(reply, list) and len(reply) == 2 else (None, -2)
-        if not isinstance(entry, bytes) or not isinstance(ttl_ms, int) or ttl_ms <= 0:
+        entry, ttl_ms = await self.fleet.link.call(lambda _: self._read_script(keys=[token_key]))
+        if entry is None or ttl_ms <= 0:
             return None
         sealed = seal.open(entry)
         if sealed is None:
