@@ -55,18 +55,6 @@ class RedisAddress:
         return f"{'rediss' if self.tls else 'redis'}://{host}:{self.port}/{self.db}"
 
 
-def parse_redis_url(url: Secret) -> tuple[RedisAddress, str | None, Secret | None]:
-    """The address, user name and password of a redis:// or rediss:// URL."""
-    parsed = URL(url.reveal())
-    address = RedisAddress(
-        host=parsed.host or "localhost",
-        port=parsed.port or 6379,
-        db=whole_number(parsed.path.strip("/")) or 0,
-        tls=parsed.scheme == "rediss",
-    )
-    return address, parsed.user or None, Secret(parsed.password) if parsed.password else None
-
-
 class RedisLink:
     """One Redis client for the process, with its up/down state. `call` runs one operation within
     the time bound, or fails at once while Redis is known to be down; `probe` always tries, and
@@ -78,7 +66,14 @@ class RedisLink:
         self._down_reason = ""
         self._listeners: list[Callable[[bool], None]] = []
         self._broken: str | None = None  # a problem no call can get past (the password file)
-        self.address, username, self._password = parse_redis_url(settings.redis_url)
+        url = URL(settings.redis_url.reveal())
+        self.address = RedisAddress(
+            host=url.host or "localhost",
+            port=url.port or 6379,
+            db=whole_number(url.path.strip("/")) or 0,
+            tls=url.scheme == "rediss",
+        )
+        self._password = Secret(url.password) if url.password else None
         if (password_file := settings.redis_password_file) is not None:  # wins over the URL's
             try:
                 self._password = Secret(password_file.read_text(encoding="utf-8").strip())
@@ -91,7 +86,7 @@ class RedisLink:
             host=self.address.host,
             port=self.address.port,
             db=self.address.db,
-            username=username,
+            username=url.user or None,
             password=self._password.reveal() if self._password else None,
             socket_timeout=REDIS_TIMEOUT,
             socket_connect_timeout=CONNECT_TIMEOUT,  # within each call's own bound
@@ -134,7 +129,10 @@ class RedisLink:
             async with asyncio.timeout(within):
                 result = await operation(self.client)
         except (RedisError, OSError, TimeoutError) as exc:
-            reason = f"Redis at {self.address}: {self._reason(exc)}"
+            description = _describe(exc)
+            if self._password:  # in case an error were to quote it
+                description = description.replace(self._password.reveal(), "**********")
+            reason = f"Redis at {self.address}: {description}"
             self._went_down(reason)
             raise RedisUnavailable(reason) from None
         self._came_up()
@@ -173,15 +171,9 @@ class RedisLink:
         for listener in self._listeners:
             listener(up)
 
-    def _reason(self, error: BaseException) -> str:
-        """What went wrong, in words of our own: redis-py's messages are not ours to vouch for."""
-        text = _describe(error)
-        if self._password:
-            text = text.replace(self._password.reveal(), "**********")
-        return text
-
 
 def _describe(error: BaseException) -> str:
+    """What went wrong, in words of our own: redis-py's messages are not ours to vouch for."""
     chain = list(_causes(error))
     if any(_is_authentication(e) for e in chain):
         return (
