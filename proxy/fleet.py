@@ -39,7 +39,8 @@ class Fleet:
         self.replicas_alive = 1
         self._announce = link.script(_ANNOUNCE)
         self._beating: asyncio.Task[None] | None = None
-        self._on_heartbeat: list[Callable[[], Awaitable[None]]] = []
+        # Awaited after each heartbeat that reached Redis; it must not raise.
+        self.on_heartbeat: Callable[[], Awaitable[None]] | None = None
 
     @classmethod
     def for_settings(cls, settings: Settings) -> Fleet:
@@ -52,10 +53,6 @@ class Fleet:
 
     def key(self, *parts: str) -> str:
         return ":".join((KEY_PREFIX + self.namespace, *parts))
-
-    def on_heartbeat(self, callback: Callable[[], Awaitable[None]]) -> None:
-        """Await `callback()` after each heartbeat that reached Redis (it must not raise)."""
-        self._on_heartbeat.append(callback)
 
     async def start(self) -> None:
         """Announce this replica at once, for the first token request, and then every heartbeat."""
@@ -87,6 +84,5 @@ class Fleet:
         while True:
             await asyncio.sleep(self.heartbeat)
             await self.announce()
-            if self.link.up:
-                for callback in self._on_heartbeat:
-                    await callback()
+            if self.link.up and self.on_heartbeat is not None:
+                await self.on_heartbeat()

@@ -146,7 +146,7 @@ class RedisPacingState:
         self._alone = self.interval < FAST_INTERVAL  # the pace needs no round trip
         self._was_shared = True  # the last reservation: the local state is set up when used
         self._unsent: tuple[Budget, float] | None = None  # a budget heard, and when
-        fleet.on_heartbeat(self.look)
+        fleet.on_heartbeat = self.look
 
     @classmethod
     async def joined(cls, fleet: Fleet, per_minute: int | None) -> RedisPacingState:
