@@ -91,9 +91,8 @@ class MemoryPacingState:
     def __init__(self, clock: Callable[[], float], per_minute: int | None = None) -> None:
         self._clock = clock
         self._per_minute = per_minute
-        self._share = 1  # of the cap and of each budget: a fleet's replica alone has 1/replicas
-        self._floor = WINDOW / per_minute if per_minute else 0.0  # the cap's interval
-        self.interval = self._floor  # between two departures; 0 until a budget or a cap
+        self.interval = 0.0  # between two departures; 0 until a budget or a cap
+        self.divide(1)  # the whole cap and budgets, the cap's interval as the floor
         self._shift = 0.0  # every pause so far: slot time is the clock minus this
         self._next = -math.inf  # the next free slot (GCRA's theoretical arrival time)
         self._holes: list[float] = []  # slots given back, a heap
@@ -149,7 +148,7 @@ class MemoryPacingState:
     def divide(self, replicas: int, interval: float | None = None) -> None:
         """Keep to 1/`replicas` of the cap and of every budget announced from now on (a replica
         of a fleet pacing on its own), starting at `interval` between departures if given."""
-        self._share = max(1, replicas)
+        self._share = max(1, replicas)  # of the cap and of each budget
         self._floor = WINDOW * self._share / self._per_minute if self._per_minute else 0.0
         self.interval = max(self._floor, self.interval if interval is None else interval)
 
