@@ -147,11 +147,6 @@ class LinkRewriter:
 
         return _LINK_PART.sub(replace, value)
 
-    def body(self, body: bytes, proxy_origin: str) -> bytes:
-        """A JSON body with its links rewritten; unchanged if it is not valid JSON or over the
-        limit. A body in which no base's host appears is not looked at any further."""
-        return self._json(body, proxy_origin)[0]
-
     def answer(self, body: bytes, content_encoding: str | None, proxy_origin: str) -> Rewritten:
         """A JSON answer as received: decoded if gzip or deflate, rewritten, and encoded again
         the same way (the client asked for that encoding, the header stays as the upstream sent
@@ -182,7 +177,8 @@ class LinkRewriter:
         return Rewritten(rewritten, changed=True)
 
     def _json(self, body: bytes, proxy_origin: str) -> tuple[bytes, str | None]:
-        """The rewritten body (the same object when nothing changed) and why it was skipped."""
+        """The body with its links rewritten (the same object when nothing changed: not valid
+        JSON, over the limit, or no link in it) and why it was skipped."""
         if len(body) > LIMIT:
             return body, "answer over 16 MiB"
         # Cheap before anything else: no base's host in the bytes (nor a \u escape that could
