@@ -156,9 +156,9 @@ class LinkRewriter:
             return Rewritten(body, changed=False)
         coding = (content_encoding or "").strip().lower()
         plain, wbits = body, 0
-        if coding in ("", "identity"):
-            pass
-        elif coding in ("gzip", "x-gzip", "deflate"):
+        if coding not in ("", "identity"):
+            if coding not in ("gzip", "x-gzip", "deflate"):
+                return _skip(body, f"content-encoding {coding!r} is not decoded")
             if len(body) > LIMIT:
                 return _skip(body, "compressed answer over 16 MiB")
             try:
@@ -167,8 +167,6 @@ class LinkRewriter:
                 return _skip(body, "decoded answer over 16 MiB")
             except zlib.error:
                 return _skip(body, f"{coding} body could not be decoded")
-        else:
-            return _skip(body, f"content-encoding {coding!r} is not decoded")
         rewritten, skipped = self._json(plain, proxy_origin)
         if rewritten is plain:
             return _skip(body, skipped)
