@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from operator import itemgetter
 from typing import NamedTuple
 from urllib.parse import urlsplit
@@ -68,47 +68,33 @@ class Rewritten(NamedTuple):
     skipped: str | None = None
 
 
-@dataclass(frozen=True)
 class LinkRewriter:
     """Rewrites absolute URLs under any of `bases` to the proxy's origin, keeping the rest of
     each URL byte for byte: `https://api.example.com/api/v2/x?t=a%2Bb` under the base
     `https://api.example.com/api` becomes `http://127.0.0.1:8080/v2/x?t=a%2Bb`."""
 
-    bases: tuple[Base, ...]
-    # From `bases`, once: the hosts to look for, those with letters (looked for in lower case
-    # too), whether each is always written as it is (short of a \u escape), how the strings that
-    # begin with one open (lowered; each `/` may be written `\/`), and the patterns of links
-    # written (almost) without escapes (see _link_patterns).
-    _hosts: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
-    _cased_hosts: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
-    _hosts_as_they_are: bool = field(init=False, repr=False, compare=False)
-    _url_heads: re.Pattern[bytes] = field(init=False, repr=False, compare=False)
-    _plain_link: re.Pattern[bytes] = field(init=False, repr=False, compare=False)
-    _plain_links: re.Pattern[bytes] = field(init=False, repr=False, compare=False)
-    _cut_scheme: Callable[[bytes], bytes] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        # A URL's authority matches only if it is ASCII (see _prefix): other hosts never match.
-        hosts = tuple(dict.fromkeys(b.host for b in self.bases if b.authority.isascii()))
-        derived = {
-            "_hosts": hosts,
-            "_cased_hosts": tuple(host for host in hosts if host != host.upper()),
-            "_hosts_as_they_are": not any(b'"' in host or b"\\" in host for host in hosts),
-            "_url_heads": re.compile(
-                rb'"http(?<!\\"http)s?:(?:\\?/){2}(?:'
-                + (b"|".join(re.escape(host) for host in hosts) or b"(?!)")
-                + b")"
-            ),
-        }
-        derived["_plain_link"], derived["_plain_links"] = _link_patterns(self.bases)
+    def __init__(self, bases: tuple[Base, ...]) -> None:
+        self.bases = bases
+        # From `bases`, once: the hosts to look for, those with letters (looked for in lower case
+        # too), whether each is always written as it is (short of a \u escape), how the strings
+        # that begin with one open (lowered; each `/` may be written `\/`), and the patterns of
+        # links written (almost) without escapes (see _link_patterns). A URL's authority matches
+        # only if it is ASCII (see _prefix): other hosts never match.
+        self._hosts = hosts = tuple(dict.fromkeys(b.host for b in bases if b.authority.isascii()))
+        self._cased_hosts = tuple(host for host in hosts if host != host.upper())
+        self._hosts_as_they_are = not any(b'"' in host or b"\\" in host for host in hosts)
+        self._url_heads = re.compile(
+            rb'"http(?<!\\"http)s?:(?:\\?/){2}(?:'
+            + (b"|".join(re.escape(host) for host in hosts) or b"(?!)")
+            + b")"
+        )
+        self._plain_link, self._plain_links = _link_patterns(bases)
         # What precedes a link's `//` is `"scheme:`; with one scheme, a constant length (cut
         # without a search for the quote).
-        schemes = {base.scheme for base in self.bases}
-        derived["_cut_scheme"] = (
+        schemes = {base.scheme for base in bases}
+        self._cut_scheme: Callable[[bytes], bytes] = (
             itemgetter(slice(None, -len(schemes.pop()) - 1)) if len(schemes) == 1 else _to_quote
         )
-        for name, value in derived.items():
-            object.__setattr__(self, name, value)
 
     @classmethod
     def for_upstream(cls, api_base_url: str, link_origins: Sequence[str] = ()) -> LinkRewriter:
