@@ -64,7 +64,7 @@ class Rewritten(NamedTuple):
     left alone (a warning for the log), None when there was no obstacle."""
 
     body: bytes
-    changed: bool
+    changed: bool = False
     skipped: str | None = None
 
 
@@ -139,23 +139,23 @@ class LinkRewriter:
         it, and compressing JSON costs a few microseconds per KiB). Without a change, the very
         bytes received."""
         if not body:  # a HEAD, 204 or 304 answer says gzip without any gzip bytes
-            return Rewritten(body, changed=False)
+            return Rewritten(body)
         coding = (content_encoding or "").strip().lower()
         plain, wbits = body, 0
         if coding not in ("", "identity"):
             if coding not in ("gzip", "x-gzip", "deflate"):
-                return _skip(body, f"content-encoding {coding!r} is not decoded")
+                return Rewritten(body, skipped=f"content-encoding {coding!r} is not decoded")
             if len(body) > LIMIT:
-                return _skip(body, "compressed answer over 16 MiB")
+                return Rewritten(body, skipped="compressed answer over 16 MiB")
             try:
                 plain, wbits = _decode(body, coding)
             except _TooLarge:
-                return _skip(body, "decoded answer over 16 MiB")
+                return Rewritten(body, skipped="decoded answer over 16 MiB")
             except zlib.error:
-                return _skip(body, f"{coding} body could not be decoded")
+                return Rewritten(body, skipped=f"{coding} body could not be decoded")
         rewritten, skipped = self._json(plain, proxy_origin)
         if rewritten is plain:
-            return _skip(body, skipped)
+            return Rewritten(body, skipped=skipped)
         if wbits:
             rewritten = _encode(rewritten, wbits)
         return Rewritten(rewritten, changed=True)
@@ -324,10 +324,6 @@ def _authorities(base: Base) -> list[str]:
 def _to_quote(text: bytes) -> bytes:
     """`text` up to its last quote, inclusive."""
     return text[: text.rindex(b'"') + 1]
-
-
-def _skip(body: bytes, reason: str | None) -> Rewritten:
-    return Rewritten(body, changed=False, skipped=reason)
 
 
 def _decode(data: bytes, coding: str) -> tuple[bytes, int]:
