@@ -51,21 +51,24 @@ def response_headers(
 async def relay(
     request: web.Request,
     upstream: aiohttp.ClientResponse,
-    headers: list[tuple[str, str]],
     exchange: Exchange,
-    rewriter: links.LinkRewriter | None,
+    rewriter: links.LinkRewriter,
+    rewrite_links: bool,
 ) -> web.StreamResponse:
-    """Stream the upstream's answer, counting body bytes; a JSON one, with a `rewriter`, is read
+    """Stream the upstream's answer, counting body bytes; a JSON one, with `rewrite_links`, is read
     whole and its links rewritten. A cut body aborts the connection: it never looks complete."""
+    origin = f"http://{request.host}"
+    headers = response_headers(
+        upstream.headers, exchange.request_id, rewriter, origin, link_headers=rewrite_links
+    )
     has_body = request.method != "HEAD" and upstream.status not in (204, 304)
     length = upstream.content_length
     head: bytes = b""
-    if has_body and rewriter is not None and links.is_json(upstream.headers.get("Content-Type")):
+    if has_body and rewrite_links and links.is_json(upstream.headers.get("Content-Type")):
         if length is None or length <= links.LIMIT:
             # Of known length, read as a small answer is, in one go.
             head = await _read(upstream, None if length is not None else links.LIMIT + 1)
             if len(head) <= links.LIMIT:
-                origin = f"http://{request.host}"
                 answer = await _rewritten(upstream, head, headers, exchange, rewriter, origin)
                 if exchange.bytes_out > SMALL_BODY:
                     # Sent here rather than by aiohttp once the handler returns, as a streamed

@@ -153,15 +153,9 @@ async def forward(request: web.Request) -> web.StreamResponse:
         exchange.upstream_seconds = time.perf_counter() - sent_at
         async with answer as upstream_response:
             exchange.status = exchange.upstream_status = upstream_response.status
-            out_headers = answers.response_headers(
-                upstream_response.headers,
-                exchange.request_id,
-                app[LINKS],
-                f"http://{request.host}",
-                link_headers=settings.rewrite_links,
+            return await answers.relay(
+                request, upstream_response, exchange, app[LINKS], settings.rewrite_links
             )
-            rewriter = app[LINKS] if settings.rewrite_links else None
-            return await answers.relay(request, upstream_response, out_headers, exchange, rewriter)
     except ProxyError as error:
         exchange.status, exchange.error = error.status, error.code
         response = error_response(error, exchange.request_id)
