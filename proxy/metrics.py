@@ -30,7 +30,7 @@ class Metrics:
         def gauge(name: str, text: str) -> Gauge:
             return Gauge(name, text, namespace=NAMESPACE, registry=r)
 
-        self.in_flight = 0  # requests being handled, kept by the request handler
+        self.in_flight = 0  # requests being handled, kept by AccessLog
         gauge("requests_in_flight", "Requests being handled.").set_function(lambda: self.in_flight)
         requests = counter(
             "requests", "Requests answered, by method and status class.", "method", "status_class"
@@ -91,12 +91,13 @@ class Metrics:
         )
         remaining.set(math.nan)
         self.announced = remaining.set  # the upstream announced `ratelimit-remaining: n`
-        self.redis_up = gauge(
+        redis_up = gauge(
             "redis_up",
             "1 while the fleet's Redis answers, 0 while it does not (NaN until the first call,"
             " and always without --redis-url).",
         )
-        self.redis_up.set(math.nan)
+        redis_up.set(math.nan)
+        self.redis = redis_up.set  # whether the fleet's Redis answered its last call
         self.links_rewritten = counter(
             "links_rewritten", "Answers whose links were rewritten to lead back through the proxy."
         ).inc
@@ -124,10 +125,6 @@ class Metrics:
         """A request was held `seconds` for the API's rate limit before it was sent."""
         self.rate_limit_held.inc()
         self.rate_limit_held_seconds.observe(seconds)
-
-    def redis(self, up: bool) -> None:
-        """Whether the fleet's Redis answered its last call."""
-        self.redis_up.set(up)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

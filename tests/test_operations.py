@@ -149,7 +149,7 @@ async def test_rate_limit_redis_and_link_metrics_appear_once_reported(
     metrics.upstream_429()
     metrics.upstream_429()
     metrics.announced(17)
-    metrics.redis(up=False)
+    metrics.redis(False)
     metrics.links_rewritten()
     metrics.replayed(429, "success")
     after = await scrape(proxy)
@@ -169,7 +169,7 @@ async def test_rate_limit_redis_and_link_metrics_appear_once_reported(
     assert value("agentsync_proxy_redis_up") == 0
     assert value("agentsync_proxy_links_rewritten_total") == 1
     assert value("agentsync_proxy_replays_total", outcome="success", reason="429") == 1
-    metrics.redis(up=True)
+    metrics.redis(True)
     assert (await scrape(proxy))[("agentsync_proxy_redis_up", ())] == 1
 
 
