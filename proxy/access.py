@@ -86,8 +86,8 @@ class Exchange:
         )
 
     def scope_hint(self, body_start: bytes) -> None:
-        """AgentSync refuses a call whose token lacks a scope with 'Policy evaluation failed'."""
-        if self.upstream_status != 403 or b"Policy evaluation failed" not in body_start:
+        """Of a 403: 'Policy evaluation failed' is how AgentSync refuses a token without a scope."""
+        if b"Policy evaluation failed" not in body_start:
             return
         scope = CONTRACTING_SCOPES.get(self.method)
         log.warning(
