@@ -42,12 +42,6 @@ class Policy:
         default_factory=dict, compare=False, repr=False
     )
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Policy:
-        hosts = {name.lower().rstrip(".") for name in settings.allowed_hosts}
-        hosts.add(settings.listen.host.lower().strip("[]"))
-        return cls(settings.allowed_clients, frozenset(hosts), frozenset(settings.allowed_origins))
-
     def allows(self, kind: str, text: str | None) -> bool:
         """Whether the "client" address or the "host" header `text` may use the proxy."""
         verdict = self._verdicts.get((kind, text))
@@ -95,7 +89,9 @@ def _answered_here(request: web.Request, error: ProxyError | None = None) -> web
 
 
 def install(app: web.Application, settings: Settings) -> None:
-    policy = Policy.from_settings(settings)
+    hosts = {name.lower().rstrip(".") for name in settings.allowed_hosts}
+    hosts.add(settings.listen.host.lower().strip("[]"))
+    policy = Policy(settings.allowed_clients, frozenset(hosts), frozenset(settings.allowed_origins))
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
