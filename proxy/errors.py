@@ -92,9 +92,8 @@ def upstream_failure(exc: BaseException, upstream: str) -> ProxyError:
     )
 
 
-def error_response(error: ProxyError, request_id: str | None = None) -> web.Response:
+def error_response(error: ProxyError, request_id: str) -> web.Response:
     headers = {"Cache-Control": "no-store", "Content-Type": "application/json", **error.headers()}
-    if request_id:
-        headers["X-Request-Id"] = request_id
+    headers["X-Request-Id"] = request_id
     body = json.dumps({"error": error.code, "error_description": error.description})
     return web.Response(status=error.status, body=body.encode(), headers=headers)

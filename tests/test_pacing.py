@@ -248,7 +248,8 @@ async def test_a_request_over_the_wait_budget_is_refused_at_once_without_taking_
 
 
 def test_rate_limited_is_a_429_with_whole_seconds_in_retry_after() -> None:
-    response = error_response(RateLimited("the API's rate limit would hold this request", 0.2))
+    refusal = RateLimited("the API's rate limit would hold this request", 0.2)
+    response = error_response(refusal, "request-1")
     assert response.status == 429
     assert response.headers["Retry-After"] == "1"
     assert isinstance(response.body, bytes)
