@@ -65,10 +65,8 @@ def create_app(
         if settings.redis_url is not None:
             # One token for a fleet of replicas; redis and cryptography are loaded only then.
             from proxy.fleet_tokens import join_fleet
-            from proxy.keys import FLEET
 
             fleet, fetcher = await join_fleet(settings, fetcher, metrics.redis)
-            app[FLEET] = fleet
             if pacer.state is not None:  # and one rate budget
                 from proxy.fleet_pacing import RedisPacingState
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -16,9 +15,6 @@ from proxy.pacing import Pacer
 from proxy.settings import Settings
 from proxy.tokens import TokenSource
 
-if TYPE_CHECKING:  # imports redis: only a proxy with a Redis URL loads it
-    from proxy.fleet import Fleet
-
 SETTINGS = web.AppKey("settings", Settings)
 TOKENS = web.AppKey("tokens", TokenSource)
 UPSTREAM = web.AppKey("upstream", Upstream)
@@ -28,4 +24,3 @@ ACCESS_LOG = web.AppKey("access_log", AccessLog)
 LINKS = web.AppKey("links", LinkRewriter)
 PACER = web.AppKey("pacer", Pacer)
 SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)
-FLEET: web.AppKey[Fleet] = web.AppKey("fleet")  # set only with a Redis URL
