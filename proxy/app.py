@@ -156,6 +156,8 @@ async def forward(request: web.Request) -> web.StreamResponse:
             )
     except ProxyError as error:
         exchange.status, exchange.error = error.status, error.code
+        if error.status == 500:  # the proxy's own failure: the log says what it was
+            log.warning("request_failed", request_id=exchange.request_id, error=error.description)
         response = error_response(error, exchange.request_id)
         if body is not None and not body.complete:
             response.force_close()  # the rest of the body is not worth waiting for

@@ -11,7 +11,7 @@ from typing import IO, Any, TypeVar
 
 from aiohttp import StreamReader
 
-from proxy.errors import ClientTimeout, RequestTooLarge
+from proxy.errors import BodyNotKept, ClientTimeout, RequestTooLarge
 
 T = TypeVar("T")
 CHUNK = 256 * 1024
@@ -29,7 +29,7 @@ class CapturedBody:
     ) -> None:
         self.size = 0  # bytes kept: in memory, or written to the file
         self.received = 0  # bytes read from the client
-        self.failure: BaseException | None = None  # why reading the client's body failed
+        self.failure: BaseException | None = None  # why reading or keeping the body failed
         self._stream: StreamReader | None = stream
         self._max_size = max_size
         self._timeout = timeout
@@ -92,7 +92,14 @@ class CapturedBody:
         if writing is not None:
             try:
                 await asyncio.shield(writing)
-            except Exception as exc:  # the disk full: the request cannot be kept for a replay
+            except OSError as exc:  # the disk full: the request cannot be kept for a replay
+                reason = exc.strerror or str(exc)
+                self.failure = BodyNotKept(
+                    f"the proxy could not keep the request body for a replay ({reason}); free"
+                    " space where its TMPDIR points, or send a smaller body"
+                )
+                raise self.failure from None
+            except Exception as exc:
                 self.failure = exc
                 raise
 

@@ -64,6 +64,10 @@ OriginNotAllowed = _kind(403, "origin_not_allowed")
 ClientNotAllowed = _kind(403, "client_not_allowed")
 
 
+class BodyNotKept(ProxyError):
+    """The request body could not be kept for a replay (a full disk): the proxy's own failure."""
+
+
 class MethodNotAllowed(ProxyError, status=405, code="method_not_allowed"):
     def headers(self) -> dict[str, str]:
         return {"Allow": METHODS}

@@ -17,6 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.body import CapturedBody
+from proxy.errors import BodyNotKept
 from tests.leaks import temporary_files
 
 pytestmark = pytest.mark.uvloop_too
@@ -172,13 +173,13 @@ async def test_a_write_the_disk_takes_only_in_part_fails_the_body(
         ignored = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a kill
         resource.setrlimit(resource.RLIMIT_FSIZE, (len(body) - 1, hard))
         try:
-            with pytest.raises(OSError) as error:
+            with pytest.raises(BodyNotKept, match="File too large") as error:
                 await collect(captured.payload())
         finally:
             resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
             signal.signal(signal.SIGXFSZ, ignored)
         assert captured.failure is error.value
-        with pytest.raises(OSError):  # a replay is refused too, rather than sent short
+        with pytest.raises(BodyNotKept):  # a replay is refused too, rather than sent short
             await collect(captured.payload())
 
     await posted(aiohttp_server, body, check, threshold=16 * 1024)

@@ -4,7 +4,10 @@ client receives, what the log says, and that nothing is leaked afterwards."""
 from __future__ import annotations
 
 import asyncio
+import io
 import re
+import resource
+import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -329,3 +332,35 @@ async def test_client_disconnecting_mid_download_closes_the_upstream_connection(
     access = [entry for entry in logs if entry["event"] == "request"]
     assert access[-1]["error"] == "client_disconnected"
     assert not any(entry.get("log_level") == "error" for entry in logs)
+
+
+async def test_a_body_the_disk_cannot_keep_is_refused_clearly_and_its_upload_cut(
+    make_proxy: ProxyFactory, upstream: RawUpstream, logs: list[dict[str, Any]]
+) -> None:
+    """A disk too full for a spooled body (here: a file size limit) is the proxy's failure, said
+    as such; the rest of the upload is not waited for, and nothing of it reaches the API."""
+    proxy = await make_proxy(spool_threshold=16 * 1024)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    ignored = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a kill
+    resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, hard))
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{proxy.url}/v1/upload", data=io.BytesIO(b"x" * (4 << 20))) as response,
+        ):
+            status, body = response.status, await response.json()
+            closing = response.headers.get("Connection", "")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, ignored)
+    await settled(proxy)
+    assert (status, body["error"], closing.lower()) == (500, "internal_error", "close")
+    assert "could not keep the request body" in body["error_description"]
+    assert "File too large" in body["error_description"]
+    assert upstream.received == []
+    assert [entry for entry in logs if entry.get("exc_info")] == []  # no traceback: not a bug
+    [line] = [entry for entry in logs if entry["event"] == "request"]
+    assert (line["status"], line["error"]) == (500, "internal_error")
+    [failed] = [entry for entry in logs if entry["event"] == "request_failed"]
+    assert failed["request_id"] == line["request_id"]
+    assert failed["error"] == body["error_description"]
