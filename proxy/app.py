@@ -16,7 +16,7 @@ from aiohttp import web
 from proxy import answers, clients, forwarding, guard, operations
 from proxy.access import AccessLog, Exchange
 from proxy.body import CapturedBody, too_large_description
-from proxy.errors import ProxyError, RequestTooLarge, error_response, upstream_failure
+from proxy.errors import BodyNotKept, ProxyError, RequestTooLarge, error_response, upstream_failure
 from proxy.keys import (
     ACCESS_LOG,
     CLIENT,
@@ -156,8 +156,6 @@ async def forward(request: web.Request) -> web.StreamResponse:
             )
     except ProxyError as error:
         exchange.status, exchange.error = error.status, error.code
-        if error.status == 500:  # the proxy's own failure: the log says what it was
-            log.warning("request_failed", request_id=exchange.request_id, error=error.description)
         response = error_response(error, exchange.request_id)
         if body is not None and not body.complete:
             response.force_close()  # the rest of the body is not worth waiting for
@@ -180,6 +178,12 @@ async def forward(request: web.Request) -> web.StreamResponse:
         try:
             if body is not None:
                 exchange.bytes_in = body.received
+                if isinstance(failure := body.failure, BodyNotKept):
+                    log.warning(
+                        "request_body_not_kept",
+                        request_id=exchange.request_id,
+                        error=failure.description,
+                    )
                 # A second cancellation (shutdown's, then the closed connection's) can end this
                 # wait for a worker thread: the line is still due.
                 await body.close()

@@ -53,6 +53,8 @@ class CapturedBody:
             while self._stream is not None:
                 await self._read()
             await self._written(self._writing)
+            if self.failure is not None:  # not kept whole: nothing to send it from
+                raise self.failure
 
     def payload(self) -> bytes | AsyncIterator[bytes]:
         """The body to send; may be called again for a replay, also before the body's end."""
@@ -74,6 +76,8 @@ class CapturedBody:
                         await self._written(self._writing)
                         if sent < self.size:
                             continue
+                        if sent < self.received and self.failure is not None:
+                            raise self.failure  # bytes this send needs were never kept
                         return
                     # Sent as it was read, while a worker thread writes it to the file.
                     chunk = await self._read()
@@ -87,18 +91,19 @@ class CapturedBody:
         return await self._in_thread(os.pread, self._file.fileno(), size, offset)
 
     async def _written(self, writing: asyncio.Future[None] | None) -> None:
-        """Wait for the write of `writing` (and those before it), if any; a failed write fails
-        here."""
+        """Wait for the write of `writing` (and those before it), if any. From a write the disk
+        refuses on, the body is not kept: it still goes upstream as it is read, but a send that
+        needs it kept (a replay) fails with `failure`."""
         if writing is not None:
             try:
                 await asyncio.shield(writing)
-            except OSError as exc:  # the disk full: the request cannot be kept for a replay
-                reason = exc.strerror or str(exc)
-                self.failure = BodyNotKept(
-                    f"the proxy could not keep the request body for a replay ({reason}); free"
-                    " space where its TMPDIR points, or send a smaller body"
-                )
-                raise self.failure from None
+            except OSError as exc:  # a full disk, a file size limit, no usable TMPDIR
+                if self.failure is None:
+                    self.failure = BodyNotKept(
+                        "the proxy could not keep the request body for a replay"
+                        f" ({exc.strerror or exc}); check the space and permissions where its"
+                        " TMPDIR points"
+                    )
             except Exception as exc:
                 self.failure = exc
                 raise

@@ -4,11 +4,14 @@ client receives, what the log says, and that nothing is leaked afterwards."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import io
+import os
 import re
 import resource
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -21,7 +24,7 @@ from proxy.keys import METRICS
 from proxy.servers import RunningProxy, RunningSimulator
 from tests.conftest import ProxyFactory
 from tests.leaks import temporary_files
-from tests.rawhttp import RawUpstream, Received, Writer, response_bytes
+from tests.rawhttp import RawUpstream, Received, Writer, reply, response_bytes
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 Behaviour = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -334,33 +337,80 @@ async def test_client_disconnecting_mid_download_closes_the_upstream_connection(
     assert not any(entry.get("log_level") == "error" for entry in logs)
 
 
-async def test_a_body_the_disk_cannot_keep_is_refused_clearly_and_its_upload_cut(
-    make_proxy: ProxyFactory, upstream: RawUpstream, logs: list[dict[str, Any]]
-) -> None:
-    """A disk too full for a spooled body (here: a file size limit) is the proxy's failure, said
-    as such; the rest of the upload is not waited for, and nothing of it reaches the API."""
-    proxy = await make_proxy(spool_threshold=16 * 1024)
+@contextlib.contextmanager
+def files_limited_to(size: int) -> Iterator[None]:
+    """No file of this process may grow past `size` bytes, as on a disk that is full."""
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     ignored = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a kill
-    resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, hard))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
     try:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(f"{proxy.url}/v1/upload", data=io.BytesIO(b"x" * (4 << 20))) as response,
-        ):
-            status, body = response.status, await response.json()
-            closing = response.headers.get("Connection", "")
+        yield
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, ignored)
-    await settled(proxy)
-    assert (status, body["error"], closing.lower()) == (500, "internal_error", "close")
-    assert "could not keep the request body" in body["error_description"]
-    assert "File too large" in body["error_description"]
-    assert upstream.received == []
-    assert [entry for entry in logs if entry.get("exc_info")] == []  # no traceback: not a bug
+
+
+async def post(proxy: RunningProxy, body: bytes | AsyncIterator[bytes]) -> tuple[int, Any]:
+    data = io.BytesIO(body) if isinstance(body, bytes) else body
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{proxy.url}/v1/upload", data=data) as response,
+    ):
+        return response.status, await response.json()
+
+
+def not_kept(logs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The one warning that a body was not kept, which is no traceback: the disk, not a bug."""
+    assert [entry for entry in logs if entry.get("exc_info")] == []
+    [warning] = [entry for entry in logs if entry["event"] == "request_body_not_kept"]
     [line] = [entry for entry in logs if entry["event"] == "request"]
-    assert (line["status"], line["error"]) == (500, "internal_error")
-    [failed] = [entry for entry in logs if entry["event"] == "request_failed"]
-    assert failed["request_id"] == line["request_id"]
-    assert failed["error"] == body["error_description"]
+    assert warning["request_id"] == line["request_id"]
+    assert "could not keep the request body for a replay (File too large)" in warning["error"]
+    return line
+
+
+async def test_a_body_the_disk_cannot_keep_still_goes_upstream_once(
+    make_proxy: ProxyFactory, upstream: RawUpstream, logs: list[dict[str, Any]]
+) -> None:
+    """The file only serves a replay: without one, the request is carried out as sent."""
+    proxy = await make_proxy(spool_threshold=16 * 1024)
+    body = os.urandom(4 << 20)
+    with files_limited_to(256 * 1024):
+        status, _ = await post(proxy, body)
+    await settled(proxy)
+    assert status == 200
+    [received] = upstream.received
+    assert received.body_sha256 == hashlib.sha256(body).hexdigest()
+    assert not_kept(logs)["status"] == 200
+
+
+async def test_a_401_for_a_body_the_disk_could_not_keep_is_a_clear_500_not_a_replay(
+    make_proxy: ProxyFactory, upstream: RawUpstream, logs: list[dict[str, Any]]
+) -> None:
+    upstream.responder = reply(401, b'{"error": "invalid_token"}')
+    proxy = await make_proxy(spool_threshold=16 * 1024)
+    with files_limited_to(256 * 1024):
+        status, answer = await post(proxy, os.urandom(4 << 20))
+    await settled(proxy)
+    assert (status, answer["error"]) == (500, "internal_error")
+    assert "could not keep the request body for a replay" in answer["error_description"]
+    assert len(upstream.received) == 1  # the refused first send; no replay went out whole
+    assert not_kept(logs)["error"] == "internal_error"
+
+
+async def test_a_chunked_body_the_disk_cannot_keep_is_a_500_and_never_sent(
+    make_proxy: ProxyFactory, upstream: RawUpstream, logs: list[dict[str, Any]]
+) -> None:
+    """A chunked body is read whole before it leaves, to be sent from what was kept."""
+
+    async def chunked() -> AsyncIterator[bytes]:
+        for _ in range(64):
+            yield os.urandom(64 * 1024)
+
+    proxy = await make_proxy(spool_threshold=16 * 1024)
+    with files_limited_to(256 * 1024):
+        status, answer = await post(proxy, chunked())
+    await settled(proxy)
+    assert (status, answer["error"]) == (500, "internal_error")
+    assert upstream.received == []
+    assert not_kept(logs)["bytes_in"] == 64 * 64 * 1024
