@@ -58,6 +58,8 @@ class CapturedBody:
 
     def payload(self) -> bytes | AsyncIterator[bytes]:
         """The body to send; may be called again for a replay, also before the body's end."""
+        if isinstance(self.failure, BodyNotKept):  # a replay, which needs what was not kept
+            raise self.failure
         # Whole in memory only if no chunk ever left for the file: until the file holds the
         # bytes kept so far it is not there, yet the chunk that starts it is not in memory.
         if self._stream is None and self._writing is None and self.size <= LARGEST_BYTES_PAYLOAD:
