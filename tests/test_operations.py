@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 import structlog
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.app import create_app
@@ -33,6 +34,13 @@ async def get(url: str) -> tuple[int, Any]:
     async with aiohttp.ClientSession() as session, session.get(url) as response:
         body = await response.json() if response.content_type == "application/json" else None
         return response.status, body
+
+
+async def access_line(app: web.Application, logs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The one request's access line, once it is written."""
+    await app[ACCESS_LOG].written()
+    [line] = [entry for entry in logs if entry["event"] == "request"]
+    return line
 
 
 async def scrape(proxy: RunningProxy) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -205,8 +213,7 @@ async def test_access_line_has_every_field_and_masks_query_values(
 ) -> None:
     proxy = await make_proxy()
     await get(proxy.url + "/v2/entities?npn=17345829&lastName=Delgado")
-    await proxy.app[ACCESS_LOG].written()
-    [line] = [entry for entry in logs if entry["event"] == "request"]
+    line = await access_line(proxy.app, logs)
     assert line["path"] == "/v2/entities?npn=***&lastName=***"
     for field in (
         "request_id",
@@ -254,8 +261,7 @@ async def test_duration_ends_with_the_answer_not_when_the_line_is_written(
     started = time.perf_counter()
     assert (await get(proxy.url + "/v1/x"))[0] == 200
     elapsed_ms = (time.perf_counter() - started) * 1000
-    await proxy.app[ACCESS_LOG].written()  # some milliseconds later
-    [line] = [entry for entry in logs if entry["event"] == "request"]
+    line = await access_line(proxy.app, logs)  # some milliseconds later
     assert line["duration_ms"] <= elapsed_ms
 
 
@@ -304,8 +310,7 @@ async def test_an_upload_cut_at_shutdown_while_its_spool_is_written_keeps_its_ac
     await worker
     await until(lambda: temporary_files() == files)  # the spool's last write, then its file
     writer.close()
-    await app[ACCESS_LOG].written()
-    [line] = [entry for entry in logs if entry["event"] == "request"]
+    line = await access_line(app, logs)
     assert (line["method"], line["path"], line["bytes_in"]) == ("POST", "/v1/upload", 200_000)
     assert app[METRICS].in_flight == 0
 
@@ -315,8 +320,7 @@ async def test_a_query_value_without_a_name_is_masked_too(
 ) -> None:
     proxy = await make_proxy()
     await get(proxy.url + "/v2/entities?17345829&state=TX&&Delgado")
-    await proxy.app[ACCESS_LOG].written()
-    [line] = [entry for entry in logs if entry["event"] == "request"]
+    line = await access_line(proxy.app, logs)
     assert line["path"] == "/v2/entities?***&state=***&&***"
 
 
@@ -325,8 +329,7 @@ async def test_log_query_shows_query_values(
 ) -> None:
     proxy = await make_proxy(log_query=True)
     await get(proxy.url + "/v2/entities?npn=17345829")
-    await proxy.app[ACCESS_LOG].written()
-    [line] = [entry for entry in logs if entry["event"] == "request"]
+    line = await access_line(proxy.app, logs)
     assert line["path"] == "/v2/entities?npn=17345829"
 
 
@@ -352,8 +355,7 @@ async def test_credentials_in_an_absolute_target_never_reach_the_access_line(
         proxy.port, f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
     )
     assert answer.status == 403
-    await proxy.app[ACCESS_LOG].written()
-    [line] = [entry for entry in logs if entry["event"] == "request"]
+    line = await access_line(proxy.app, logs)
     assert line["path"] == "http://***@127.0.0.1/v1/x"
 
 
